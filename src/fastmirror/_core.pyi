@@ -1,0 +1,123 @@
+"""Types and contract of the hot-path core: `_core` (Cython) and its twin `_core_py`.
+
+Every buffer argument is a bytes-like object (bytes, bytearray, C-contiguous memoryview)
+read in place. Both implementations give the same results and raise the same exceptions.
+"""
+
+from typing import Final
+
+PPM_SCALE: Final[int]          # 1_000_000: percentages travel as parts per million
+
+HEAD_OK: Final[int]            # 0
+HEAD_ERR_BARE_LF: Final[int]   # 1: a LF not preceded by CR
+HEAD_ERR_BARE_CR: Final[int]   # 2: a CR not followed by LF
+HEAD_ERR_CTL: Final[int]       # 3: NUL, another byte < 0x20 except HT, or DEL (0x7f)
+HEAD_ERR_OBS_FOLD: Final[int]  # 4: a header line starting with SP or HT
+HEAD_ERR_SPACE_BEFORE_COLON: Final[int]  # 5: SP or HT in a field name, before its colon
+HEAD_ERR_NO_COLON: Final[int]  # 6: a header line without a colon, or with an empty name
+HEAD_ERR_MESSAGES: Final[dict[int, str]]
+
+def percent_to_ppm(percent: float) -> int:
+    """round(percent * 10_000) (half to even), clamped to 0..1_000_000.
+
+    Raises:
+        ValueError: percent is NaN.
+    """
+
+def sample(ppm: int, draw: int) -> bool:
+    """draw % 1_000_000 < ppm: true for ppm draws in a million.
+
+    Raises:
+        OverflowError: draw is not an unsigned 64-bit int, or ppm not a signed one.
+    """
+
+def random_u64() -> int:
+    """Next output of a splitmix64 PRNG: 0 <= n < 2**64. Not for cryptography.
+
+    Seeded from os.urandom at import and again in every forked child.
+    """
+
+def seed_random(seed: int | None = None) -> None:
+    """Set the PRNG state to seed (masked to 64 bits); None reseeds from os.urandom.
+
+    The same seed gives the same sequence in both implementations.
+    """
+
+def key_hash(key: bytes | bytearray | memoryview) -> int:
+    """FNV-1a 64-bit hash: stable across processes and runs (consistent sampling)."""
+
+def find_head_end(buf: bytes | bytearray | memoryview, start: int = 0) -> int:
+    """Index just past the first b"\\r\\n\\r\\n" at or after start, or -1.
+
+    A negative start counts as 0 (not from the end), so `max(seen - 3, 0)` and
+    `seen - 3` resume a scan alike.
+    """
+
+def check_head(head: bytes | bytearray | memoryview) -> int:
+    """Strict checks h11 does not do, on a whole request head ending in CRLFCRLF.
+
+    Returns HEAD_OK, or the HEAD_ERR_* code of the first offending byte in one pass:
+    a bare LF, a bare CR, or a control byte anywhere; on header lines (every line after
+    the request line) a leading SP/HT (obs-fold), SP/HT before the colon, no colon or
+    an empty field name.
+    """
+
+def shadow_head(head: bytes | bytearray | memoryview,
+                host_suffix: bytes | bytearray | memoryview,
+                extra: bytes | bytearray | memoryview) -> bytes:
+    """The shadow copy of a request head.
+
+    In the first header named Host (any case), a value `name[:port]` becomes
+    `name + host_suffix [+ ":port"]`, the whitespace around it kept; an IPv6 literal
+    `[...]`, an empty value or an empty name is left alone, and so is everything when
+    host_suffix is empty. `extra` (whole header lines, each ending in CRLF) goes right
+    before the final empty line. No other byte changes.
+
+    Raises:
+        ValueError: head does not end with CRLFCRLF.
+    """
+
+class ChunkedError(ValueError):
+    """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
+
+class ChunkedScanner:
+    """Strict incremental scanner of one chunked body (RFC 9112 section 7.1).
+
+    chunk-size is 1 to 16 hex digits, optionally followed by `;` and extension bytes
+    (anything but CR, LF and NUL), then CRLF, the size line within max_line bytes
+    (CRLF not counted); then exactly that many data bytes and CRLF. After the `0` chunk,
+    trailer lines each ending in CRLF, max_trailers bytes at most in total (their CRLFs
+    counted), then the empty line. Chunk data is skipped by arithmetic.
+    """
+
+    def __init__(self, max_line: int = 4096, max_trailers: int = 16384) -> None: ...
+    @property
+    def done(self) -> bool:
+        """True once the final CRLF was consumed; feed() returns 0 from then on."""
+    def feed(self, buf: bytes | bytearray | memoryview, start: int = 0) -> int:
+        """Consume buf[start:] and return how many of its bytes belong to the body.
+
+        Less than len(buf) - start only when the body ended inside buf. Split the body
+        anywhere, even one byte per call: the result is the same.
+
+        Raises:
+            ChunkedError: malformed body or limit exceeded; every later call raises too.
+            ValueError: start is outside 0..len(buf).
+        """
+
+def parse_response_head(head: bytes | bytearray | memoryview) -> tuple[int, int, int, bool, bool]:
+    """(status, minor, content_length, chunked, close) of a response head ending in CRLFCRLF.
+
+    Status line `HTTP/1.<d> <3 digits>[ <reason>]`, status >= 100. content_length is -1
+    when absent. chunked: the last transfer-coding is `chunked`. close: a Connection
+    `close` token, HTTP/1.0 without `keep-alive`, or Transfer-Encoding without chunked
+    last (the body then runs to the close). Names match in any case; OWS around values
+    is ignored.
+
+    Raises:
+        ValueError: a malformed status line; a bare CR or LF; an empty line, obs-fold,
+            whitespace before a colon or no colon in a header line; a Content-Length
+            that is not 1-18 digits or disagrees with another; Content-Length together
+            with Transfer-Encoding (RFC 9112 6.3: an intermediary that forwards bytes
+            untouched cannot remove it, so it refuses the message).
+    """

@@ -1,0 +1,647 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The proxy's per-request hot path, compiled: sampling, head scans, Host rewrite, body framing.
+
+Pure functions over bytes-like buffers (read through the buffer protocol, never sliced)
+plus one small state machine (ChunkedScanner). No I/O, no asyncio; the only state is
+the PRNG's. `_core_py.py` is the line-for-line behavioural twin and the oracle of the
+parity tests (tests/unit/test_core.py); change both or neither.
+"""
+
+import os
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.math cimport isnan, nearbyint
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memchr, memcmp, memcpy
+
+cdef extern from *:
+    """
+    /* splitmix64 (Steele, Lea, Flood 2014) and FNV-1a 64-bit constants. */
+    #define FM_SM64_GAMMA 0x9E3779B97F4A7C15ULL
+    #define FM_SM64_MUL1  0xBF58476D1CE4E5B9ULL
+    #define FM_SM64_MUL2  0x94D049BB133111EBULL
+    #define FM_FNV_OFFSET 0xcbf29ce484222325ULL
+    #define FM_FNV_PRIME  0x100000001b3ULL
+    """
+    const uint64_t FM_SM64_GAMMA
+    const uint64_t FM_SM64_MUL1
+    const uint64_t FM_SM64_MUL2
+    const uint64_t FM_FNV_OFFSET
+    const uint64_t FM_FNV_PRIME
+
+__all__ = (
+    "PPM_SCALE", "HEAD_OK", "HEAD_ERR_BARE_LF", "HEAD_ERR_BARE_CR", "HEAD_ERR_CTL",
+    "HEAD_ERR_OBS_FOLD", "HEAD_ERR_SPACE_BEFORE_COLON", "HEAD_ERR_NO_COLON",
+    "HEAD_ERR_MESSAGES", "percent_to_ppm", "sample", "random_u64", "seed_random",
+    "key_hash", "find_head_end", "check_head", "shadow_head", "ChunkedError",
+    "ChunkedScanner", "parse_response_head",
+)
+
+PPM_SCALE = 1_000_000
+
+cdef enum:
+    E_OK = 0
+    E_BARE_LF = 1
+    E_BARE_CR = 2
+    E_CTL = 3
+    E_OBS_FOLD = 4
+    E_SPACE_BEFORE_COLON = 5
+    E_NO_COLON = 6
+
+HEAD_OK = E_OK
+HEAD_ERR_BARE_LF = E_BARE_LF
+HEAD_ERR_BARE_CR = E_BARE_CR
+HEAD_ERR_CTL = E_CTL
+HEAD_ERR_OBS_FOLD = E_OBS_FOLD
+HEAD_ERR_SPACE_BEFORE_COLON = E_SPACE_BEFORE_COLON
+HEAD_ERR_NO_COLON = E_NO_COLON
+
+HEAD_ERR_MESSAGES = {
+    HEAD_ERR_BARE_LF: "bare LF line ending",
+    HEAD_ERR_BARE_CR: "bare CR in head",
+    HEAD_ERR_CTL: "control character in head",
+    HEAD_ERR_OBS_FOLD: "obsolete line folding",
+    HEAD_ERR_SPACE_BEFORE_COLON: "whitespace before colon in header",
+    HEAD_ERR_NO_COLON: "header line without a colon",
+}
+
+# Byte classes for check_head; 0 is "nothing to look at", so the scan skips runs of it.
+cdef enum:
+    K_PLAIN = 0
+    K_CR = 1
+    K_LF = 2
+    K_CTL = 3
+    K_COLON = 4
+    K_WS = 5
+
+cdef unsigned char _HEAD_CLASS[256]
+cdef unsigned char _HEX[256]       # value of a hex digit, 255 for anything else
+cdef unsigned char _LOWER[256]     # ASCII-only lowercasing, as bytes.lower()
+
+
+cdef void _init_tables() noexcept:
+    cdef int c
+    for c in range(256):
+        _HEAD_CLASS[c] = K_CTL if (c < 0x20 or c == 0x7f) else K_PLAIN
+        _HEX[c] = 255
+        _LOWER[c] = c + 32 if 0x41 <= c <= 0x5a else c
+    _HEAD_CLASS[0x0d] = K_CR
+    _HEAD_CLASS[0x0a] = K_LF
+    _HEAD_CLASS[0x09] = K_WS
+    _HEAD_CLASS[0x20] = K_WS
+    _HEAD_CLASS[0x3a] = K_COLON
+    for c in range(10):
+        _HEX[0x30 + c] = c
+    for c in range(6):
+        _HEX[0x41 + c] = 10 + c
+        _HEX[0x61 + c] = 10 + c
+
+_init_tables()
+
+
+cdef inline bint _is_ows(unsigned char c) noexcept:
+    return c == 0x20 or c == 0x09
+
+
+cdef inline bint _eq_lower(const unsigned char* p, Py_ssize_t n,
+                           const char* lit, Py_ssize_t lit_n) noexcept:
+    """p[:n].lower() == lit, where lit is lowercase ASCII."""
+    cdef Py_ssize_t k
+    if n != lit_n:
+        return False
+    for k in range(n):
+        if _LOWER[p[k]] != <unsigned char>lit[k]:
+            return False
+    return True
+
+
+# -- sampling ---------------------------------------------------------------------------
+
+def percent_to_ppm(double percent):
+    """Percent (0..100, float) to parts per million, rounded half-even, clamped."""
+    cdef double x
+    if isnan(percent):
+        raise ValueError("percent is NaN")
+    x = percent * 10000.0
+    if x <= 0.0:
+        return 0
+    if x >= 1000000.0:
+        return 1000000
+    return <long long>nearbyint(x)
+
+
+def sample(long long ppm, uint64_t draw):
+    """True for `ppm` draws in a million: draw % 1_000_000 < ppm."""
+    return <long long>(draw % 1000000) < ppm
+
+
+cdef uint64_t _rng_state = 0
+
+
+def seed_random(seed=None):
+    """Set the PRNG state (an int, masked to 64 bits), or reseed from os.urandom."""
+    global _rng_state
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    _rng_state = <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF)
+
+
+def random_u64():
+    """Next splitmix64 output: an unsigned 64-bit int. Not for cryptography."""
+    global _rng_state
+    cdef uint64_t z
+    _rng_state += FM_SM64_GAMMA
+    z = _rng_state
+    z = (z ^ (z >> 30)) * FM_SM64_MUL1
+    z = (z ^ (z >> 27)) * FM_SM64_MUL2
+    return z ^ (z >> 31)
+
+
+seed_random()
+# A forked worker would otherwise replay its parent's sequence, in step with its siblings.
+os.register_at_fork(after_in_child=seed_random)
+
+
+def key_hash(key):
+    """FNV-1a 64-bit of key: stable across processes, runs and both implementations."""
+    cdef Py_buffer v
+    cdef const unsigned char* p
+    cdef Py_ssize_t i
+    cdef uint64_t h = FM_FNV_OFFSET
+    PyObject_GetBuffer(key, &v, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>v.buf
+        for i in range(v.len):
+            h = (h ^ p[i]) * FM_FNV_PRIME
+    finally:
+        PyBuffer_Release(&v)
+    return h
+
+
+# -- request heads ----------------------------------------------------------------------
+
+cdef Py_ssize_t _find_crlfcrlf(const unsigned char* base, Py_ssize_t start,
+                               Py_ssize_t n) noexcept:
+    """Index of the first CRLFCRLF at or after start, or -1."""
+    cdef const unsigned char* p = base + start
+    cdef const unsigned char* last = base + n - 3   # a match must start before this
+    cdef const unsigned char* q
+    while p < last:
+        q = <const unsigned char*>memchr(p, 0x0d, last - p)
+        if q == NULL:
+            return -1
+        if q[1] == 0x0a and q[2] == 0x0d and q[3] == 0x0a:
+            return q - base
+        p = q + 1
+    return -1
+
+
+def find_head_end(buf, Py_ssize_t start=0):
+    """Index just past the first CRLFCRLF at or after start (negative: 0), or -1."""
+    cdef Py_buffer v
+    cdef Py_ssize_t i
+    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+    try:
+        if start < 0:
+            start = 0
+        if v.len - start < 4:
+            return -1
+        i = _find_crlfcrlf(<const unsigned char*>v.buf, start, v.len)
+        return -1 if i < 0 else i + 4
+    finally:
+        PyBuffer_Release(&v)
+
+
+cdef int _check_head(const unsigned char* p, Py_ssize_t n) noexcept:
+    # One pass in byte order; the first offending byte decides. `in_name` holds from
+    # the start of a header line (any line after the request line) to its colon.
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t line_start = 0
+    cdef bint in_name = False
+    cdef bint ws = False
+    cdef unsigned char k
+    while i < n:
+        k = _HEAD_CLASS[p[i]]
+        if k == K_PLAIN:
+            i += 1
+            continue
+        if k == K_CR:
+            if i + 1 >= n or p[i + 1] != 0x0a:
+                return E_BARE_CR
+            if in_name and i > line_start:
+                return E_NO_COLON
+            i += 2
+            line_start = i
+            in_name = True
+            ws = False
+            continue
+        if k == K_LF:
+            return E_BARE_LF   # a LF after a CR was consumed with it above
+        if k == K_CTL:
+            return E_CTL
+        if in_name:
+            if k == K_WS:
+                if i == line_start:
+                    return E_OBS_FOLD
+                ws = True
+            elif k == K_COLON:
+                if i == line_start:
+                    return E_NO_COLON
+                if ws:
+                    return E_SPACE_BEFORE_COLON
+                in_name = False
+        i += 1
+    if in_name and n > line_start:
+        return E_NO_COLON   # an unterminated last line (the caller broke the contract)
+    return E_OK
+
+
+def check_head(head):
+    """HEAD_OK, or the HEAD_ERR_* code of the first offending byte of a request head."""
+    cdef Py_buffer v
+    PyObject_GetBuffer(head, &v, PyBUF_SIMPLE)
+    try:
+        return _check_head(<const unsigned char*>v.buf, v.len)
+    finally:
+        PyBuffer_Release(&v)
+
+
+cdef Py_ssize_t _host_suffix_at(const unsigned char* p, Py_ssize_t n) noexcept:
+    """Where host_suffix goes (end of the host name in the first Host value), or -1."""
+    cdef Py_ssize_t i = 0, j, vs, e, ls, rs, c
+    cdef const unsigned char* q
+    vs = -1
+    while i < n:
+        q = <const unsigned char*>memchr(p + i, 0x0d, n - i)
+        if q == NULL:
+            return -1
+        j = q - p
+        if j + 7 > n:
+            return -1
+        if (q[1] == 0x0a and _LOWER[q[2]] == c'h' and _LOWER[q[3]] == c'o'
+                and _LOWER[q[4]] == c's' and _LOWER[q[5]] == c't' and q[6] == c':'):
+            vs = j + 7
+            break
+        i = j + 1
+    if vs < 0:
+        return -1
+    e = vs
+    while not (p[e] == 0x0d and p[e + 1] == 0x0a):   # the head ends in CRLFCRLF
+        e += 1
+    ls = vs
+    while ls < e and _is_ows(p[ls]):
+        ls += 1
+    rs = e
+    while rs > ls and _is_ows(p[rs - 1]):
+        rs -= 1
+    if ls == rs or p[ls] == c'[':
+        return -1   # empty, or an IPv6 literal: left alone
+    c = ls
+    while c < rs and p[c] != c':':
+        c += 1
+    return -1 if c == ls else c
+
+
+def shadow_head(head, host_suffix, extra):
+    """The head with host_suffix after the first Host's host name and extra before the end.
+
+    Raises:
+        ValueError: head does not end with CRLFCRLF.
+    """
+    cdef Py_buffer hv, sv, ev
+    cdef const unsigned char* p
+    cdef char* out
+    cdef Py_ssize_t n, at, body_end, suffix_n
+    PyObject_GetBuffer(head, &hv, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(host_suffix, &sv, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(extra, &ev, PyBUF_SIMPLE)
+            try:
+                p = <const unsigned char*>hv.buf
+                n = hv.len
+                if n < 4 or memcmp(p + n - 4, b"\r\n\r\n", 4) != 0:
+                    raise ValueError("head must end with CRLF CRLF")
+                body_end = n - 2
+                at = _host_suffix_at(p, n) if sv.len > 0 else -1
+                suffix_n = sv.len if at >= 0 else 0
+                result = PyBytes_FromStringAndSize(NULL, n + suffix_n + ev.len)
+                out = PyBytes_AS_STRING(result)
+                if at >= 0:
+                    memcpy(out, p, at)
+                    memcpy(out + at, sv.buf, suffix_n)
+                    memcpy(out + at + suffix_n, p + at, body_end - at)
+                else:
+                    memcpy(out, p, body_end)
+                out += body_end + suffix_n
+                memcpy(out, ev.buf, ev.len)
+                memcpy(out + ev.len, b"\r\n", 2)
+                return result
+            finally:
+                PyBuffer_Release(&ev)
+        finally:
+            PyBuffer_Release(&sv)
+    finally:
+        PyBuffer_Release(&hv)
+
+
+# -- chunked bodies ---------------------------------------------------------------------
+
+class ChunkedError(ValueError):
+    """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
+
+
+cdef enum:
+    S_SIZE = 0          # chunk-size digits, then ";" or CR
+    S_EXT = 1           # chunk-ext bytes up to CR
+    S_SIZE_LF = 2
+    S_DATA = 3
+    S_DATA_CR = 4
+    S_DATA_LF = 5
+    S_TRAILER_START = 6  # a trailer line, or the CR of the final empty line
+    S_TRAILER = 7
+    S_TRAILER_LF = 8
+    S_FINAL_LF = 9
+    S_DONE = 10
+
+
+cdef class ChunkedScanner:
+    """Strict incremental scanner of one chunked body (RFC 9112 section 7.1).
+
+    feed() reports how many bytes belong to the body, so the caller can forward them
+    untouched; it never consumes past the CRLF that ends the trailer section.
+    """
+
+    cdef int _state
+    cdef int _digits
+    cdef bint _failed
+    cdef uint64_t _size
+    cdef Py_ssize_t _line_len
+    cdef Py_ssize_t _trailer_len
+    cdef Py_ssize_t _max_line
+    cdef Py_ssize_t _max_trailers
+
+    def __init__(self, Py_ssize_t max_line=4096, Py_ssize_t max_trailers=16384):
+        if max_line < 0 or max_trailers < 0:
+            raise ValueError("max_line and max_trailers must be >= 0")
+        self._max_line = max_line
+        self._max_trailers = max_trailers
+        self._state = S_SIZE
+        self._digits = 0
+        self._failed = False
+        self._size = 0
+        self._line_len = 0
+        self._trailer_len = 0
+
+    @property
+    def done(self):
+        """True once the whole body, trailers and final CRLF included, was consumed."""
+        return self._state == S_DONE
+
+    def feed(self, buf, Py_ssize_t start=0):
+        """Consume buf[start:]; return how many of its bytes belong to the body.
+
+        Raises:
+            ChunkedError: malformed body or a limit exceeded (and on every later call).
+            ValueError: start is outside 0..len(buf).
+        """
+        cdef Py_buffer v
+        cdef Py_ssize_t end
+        if self._failed:
+            raise ChunkedError("chunked body already failed")
+        PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+        try:
+            if start < 0 or start > v.len:
+                raise ValueError("start out of range")
+            if self._state == S_DONE:
+                return 0
+            end = self._scan(<const unsigned char*>v.buf, start, v.len)
+            return end - start
+        finally:
+            PyBuffer_Release(&v)
+
+    cdef int _fail(self, str message) except -1:
+        self._failed = True
+        raise ChunkedError(message)
+
+    cdef Py_ssize_t _scan(self, const unsigned char* p, Py_ssize_t i,
+                          Py_ssize_t n) except -1:
+        cdef unsigned char c, d
+        cdef uint64_t avail
+        while i < n:
+            if self._state == S_DATA:   # skipped by arithmetic, whatever its size
+                avail = <uint64_t>(n - i)
+                if self._size <= avail:
+                    i += <Py_ssize_t>self._size
+                    self._size = 0
+                    self._state = S_DATA_CR
+                else:
+                    self._size -= avail
+                    i = n
+                continue
+            c = p[i]
+            if self._state == S_SIZE:
+                d = _HEX[c]
+                if d != 255:
+                    self._digits += 1
+                    if self._digits > 16:
+                        self._fail("chunk size has more than 16 hex digits")
+                    self._size = (self._size << 4) | d
+                elif self._digits == 0:
+                    self._fail("invalid chunk size")
+                elif c == c';':
+                    self._state = S_EXT
+                elif c == 0x0d:
+                    self._state = S_SIZE_LF
+                    i += 1
+                    continue
+                else:
+                    self._fail("invalid chunk size")
+                self._line_len += 1
+                if self._line_len > self._max_line:
+                    self._fail("chunk size line too long")
+                i += 1
+            elif self._state == S_EXT:
+                while i < n and p[i] != 0x0d and p[i] != 0x0a and p[i] != 0:
+                    i += 1
+                    self._line_len += 1
+                if self._line_len > self._max_line:
+                    self._fail("chunk size line too long")
+                if i < n:
+                    if p[i] != 0x0d:
+                        self._fail("invalid byte in chunk extension")
+                    self._state = S_SIZE_LF
+                    i += 1
+            elif self._state == S_SIZE_LF:
+                if c != 0x0a:
+                    self._fail("chunk size line not ended by CRLF")
+                i += 1
+                self._line_len = 0
+                self._digits = 0
+                self._state = S_DATA if self._size else S_TRAILER_START
+            elif self._state == S_DATA_CR:
+                if c != 0x0d:
+                    self._fail("chunk data not followed by CRLF")
+                self._state = S_DATA_LF
+                i += 1
+            elif self._state == S_DATA_LF:
+                if c != 0x0a:
+                    self._fail("chunk data not followed by CRLF")
+                self._state = S_SIZE
+                i += 1
+            elif self._state == S_TRAILER_START:
+                if c == 0x0d:
+                    self._state = S_FINAL_LF
+                    i += 1
+                elif c == 0x0a:
+                    self._fail("bare LF in trailer section")
+                else:
+                    self._state = S_TRAILER
+            elif self._state == S_TRAILER:
+                while i < n and p[i] != 0x0d and p[i] != 0x0a:
+                    i += 1
+                    self._trailer_len += 1
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                if i < n:
+                    if p[i] == 0x0a:
+                        self._fail("bare LF in trailer section")
+                    self._state = S_TRAILER_LF
+                    self._trailer_len += 1
+                    if self._trailer_len > self._max_trailers:
+                        self._fail("trailer section too long")
+                    i += 1
+            elif self._state == S_TRAILER_LF:
+                if c != 0x0a:
+                    self._fail("bare CR in trailer section")
+                self._trailer_len += 1
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                self._state = S_TRAILER_START
+                i += 1
+            else:   # S_FINAL_LF
+                if c != 0x0a:
+                    self._fail("trailer section not ended by CRLF")
+                self._state = S_DONE
+                return i + 1
+        return i
+
+
+# -- response heads ---------------------------------------------------------------------
+
+cdef inline bint _all_digits(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if p[k] < c'0' or p[k] > c'9':
+            return False
+    return True
+
+
+cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
+    cdef Py_ssize_t s, r, colon, k, vs, ve, ts, te
+    cdef const unsigned char* q
+    cdef const unsigned char* last_coding = NULL
+    cdef Py_ssize_t last_coding_n = 0
+    cdef int status = 0, minor = 0
+    cdef int64_t length = -1, value
+    cdef bint te_present = False, conn_close = False, conn_keep_alive = False, chunked
+    if n < 4 or memcmp(p + n - 4, b"\r\n\r\n", 4) != 0:
+        raise ValueError("response head must end with CRLF CRLF")
+    s = 0
+    while True:
+        q = <const unsigned char*>memchr(p + s, 0x0d, n - s)   # found: p ends in CRLF
+        r = q - p
+        if p[r + 1] != 0x0a or memchr(p + s, 0x0a, r - s) != NULL:
+            raise ValueError("bare CR or LF in response head")
+        if s == 0:
+            if not (r >= 12 and memcmp(p, b"HTTP/1.", 7) == 0 and _HEX[p[7]] < 10
+                    and p[8] == c' ' and _all_digits(p + 9, 3)
+                    and (r == 12 or p[12] == c' ')):
+                raise ValueError("malformed status line")
+            minor = p[7] - c'0'
+            status = (p[9] - c'0') * 100 + (p[10] - c'0') * 10 + (p[11] - c'0')
+            if status < 100:
+                raise ValueError("malformed status line")
+            s = r + 2
+            continue
+        if r == s:
+            if r == n - 2:
+                break
+            raise ValueError("header line without a colon")
+        if _is_ows(p[s]):
+            raise ValueError("obsolete line folding in response head")
+        q = <const unsigned char*>memchr(p + s, c':', r - s)
+        if q == NULL or q == p + s:
+            raise ValueError("header line without a colon")
+        colon = q - p
+        for k in range(s, colon):
+            if _is_ows(p[k]):
+                raise ValueError("whitespace before colon in response header")
+        vs = colon + 1
+        ve = r
+        while vs < ve and _is_ows(p[vs]):
+            vs += 1
+        while ve > vs and _is_ows(p[ve - 1]):
+            ve -= 1
+        if _eq_lower(p + s, colon - s, b"content-length", 14):
+            if not (1 <= ve - vs <= 18 and _all_digits(p + vs, ve - vs)):
+                raise ValueError("invalid Content-Length")
+            value = 0
+            for k in range(vs, ve):
+                value = value * 10 + (p[k] - c'0')
+            if length >= 0 and value != length:
+                raise ValueError("conflicting Content-Length headers")
+            length = value
+        elif _eq_lower(p + s, colon - s, b"transfer-encoding", 17):
+            te_present = True
+            while vs < ve:   # keep the last non-empty list element
+                te = vs
+                while te < ve and p[te] != c',':
+                    te += 1
+                ts = vs
+                vs = te + 1
+                while ts < te and _is_ows(p[ts]):
+                    ts += 1
+                while te > ts and _is_ows(p[te - 1]):
+                    te -= 1
+                if te > ts:
+                    last_coding = p + ts
+                    last_coding_n = te - ts
+        elif _eq_lower(p + s, colon - s, b"connection", 10):
+            while vs < ve:
+                te = vs
+                while te < ve and p[te] != c',':
+                    te += 1
+                ts = vs
+                vs = te + 1
+                while ts < te and _is_ows(p[ts]):
+                    ts += 1
+                while te > ts and _is_ows(p[te - 1]):
+                    te -= 1
+                if _eq_lower(p + ts, te - ts, b"close", 5):
+                    conn_close = True
+                elif _eq_lower(p + ts, te - ts, b"keep-alive", 10):
+                    conn_keep_alive = True
+        s = r + 2
+    if te_present and length >= 0:
+        raise ValueError("both Transfer-Encoding and Content-Length in response head")
+    chunked = last_coding != NULL and _eq_lower(last_coding, last_coding_n, b"chunked", 7)
+    # Not chunked but Transfer-Encoding: the body runs to the close (RFC 9112 6.3).
+    return (status, minor, length, chunked,
+            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked))
+
+
+def parse_response_head(head):
+    """(status, minor, content_length, chunked, close) of a response head.
+
+    Raises:
+        ValueError: malformed status line or header line, bare CR/LF, obs-fold,
+            conflicting Content-Length, or Content-Length with Transfer-Encoding.
+    """
+    cdef Py_buffer v
+    PyObject_GetBuffer(head, &v, PyBUF_SIMPLE)
+    try:
+        return _parse_response(<const unsigned char*>v.buf, v.len)
+    finally:
+        PyBuffer_Release(&v)

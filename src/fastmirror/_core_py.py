@@ -1,0 +1,458 @@
+"""The proxy's per-request hot path in plain Python: the twin of `_core.pyx`.
+
+Same names, same results, same exceptions, for every input (tests/unit/test_core.py
+checks it with hypothesis). It is the development fallback and the parity oracle; an
+installed proxy runs the compiled module. Where the twin scans with `re` or
+`bytes.find` instead of a byte loop, it reports exactly what the C loop would.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+
+__all__ = (
+    "PPM_SCALE", "HEAD_OK", "HEAD_ERR_BARE_LF", "HEAD_ERR_BARE_CR", "HEAD_ERR_CTL",
+    "HEAD_ERR_OBS_FOLD", "HEAD_ERR_SPACE_BEFORE_COLON", "HEAD_ERR_NO_COLON",
+    "HEAD_ERR_MESSAGES", "percent_to_ppm", "sample", "random_u64", "seed_random",
+    "key_hash", "find_head_end", "check_head", "shadow_head", "ChunkedError",
+    "ChunkedScanner", "parse_response_head",
+)
+
+PPM_SCALE = 1_000_000
+
+HEAD_OK = 0
+HEAD_ERR_BARE_LF = 1
+HEAD_ERR_BARE_CR = 2
+HEAD_ERR_CTL = 3
+HEAD_ERR_OBS_FOLD = 4
+HEAD_ERR_SPACE_BEFORE_COLON = 5
+HEAD_ERR_NO_COLON = 6
+
+HEAD_ERR_MESSAGES = {
+    HEAD_ERR_BARE_LF: "bare LF line ending",
+    HEAD_ERR_BARE_CR: "bare CR in head",
+    HEAD_ERR_CTL: "control character in head",
+    HEAD_ERR_OBS_FOLD: "obsolete line folding",
+    HEAD_ERR_SPACE_BEFORE_COLON: "whitespace before colon in header",
+    HEAD_ERR_NO_COLON: "header line without a colon",
+}
+
+_U64 = 0xFFFFFFFFFFFFFFFF
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_OWS = b" \t"
+
+
+def _as_bytes(obj: object) -> bytes | bytearray:
+    """bytes and bytearray as they are; any other buffer copied, like PyBUF_SIMPLE reads it."""
+    if isinstance(obj, (bytes, bytearray)):
+        return obj
+    return memoryview(obj).tobytes()  # type: ignore[arg-type]  # TypeError if no buffer
+
+
+def _as_view(obj: object) -> bytes | bytearray | memoryview:
+    """Like _as_bytes, without copying: indexing and `re` only (no .find on a memoryview)."""
+    if isinstance(obj, (bytes, bytearray)):
+        return obj
+    return memoryview(obj).cast("B")  # type: ignore[arg-type]
+
+
+# -- sampling ---------------------------------------------------------------------------
+
+def percent_to_ppm(percent: float) -> int:
+    """Percent (0..100, float) to parts per million, rounded half-even, clamped."""
+    if isinstance(percent, (str, bytes, bytearray)):
+        raise TypeError(f"must be real number, not {type(percent).__name__}")
+    x = float(percent) * 10000.0
+    if x != x:
+        raise ValueError("percent is NaN")
+    if x <= 0.0:
+        return 0
+    if x >= 1000000.0:
+        return 1000000
+    return round(x)
+
+
+def sample(ppm: int, draw: int) -> bool:
+    """True for `ppm` draws in a million: draw % 1_000_000 < ppm."""
+    if type(ppm) is not int or type(draw) is not int:
+        ppm, draw = operator.index(ppm), operator.index(draw)
+    if not (0 <= draw <= _U64 and _I64_MIN <= ppm <= _I64_MAX):
+        raise OverflowError("draw must fit an unsigned and ppm a signed 64-bit int")
+    return draw % 1000000 < ppm
+
+
+_rng_state = 0
+
+
+def seed_random(seed: int | None = None) -> None:
+    """Set the PRNG state (an int, masked to 64 bits), or reseed from os.urandom."""
+    global _rng_state
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    _rng_state = seed & _U64
+
+
+def random_u64() -> int:
+    """Next splitmix64 output: an unsigned 64-bit int. Not for cryptography."""
+    global _rng_state
+    z = _rng_state = (_rng_state + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+seed_random()
+# A forked worker would otherwise replay its parent's sequence, in step with its siblings.
+os.register_at_fork(after_in_child=seed_random)
+
+
+def key_hash(key: bytes) -> int:
+    """FNV-1a 64-bit of key: stable across processes, runs and both implementations."""
+    h = 0xCBF29CE484222325
+    for b in _as_bytes(key):
+        h = ((h ^ b) * 0x100000001B3) & _U64
+    return h
+
+
+# -- request heads ----------------------------------------------------------------------
+
+def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Index just past the first CRLFCRLF at or after start (negative: 0), or -1."""
+    buf = _as_bytes(buf)
+    start = operator.index(start)
+    i = buf.find(b"\r\n\r\n", start if start > 0 else 0)
+    return -1 if i < 0 else i + 4
+
+
+# The byte-level errors, each at the offending byte: a CR not followed by LF, a LF not
+# preceded by CR (every CRLF is a pair, so this is the C loop's "LF on its own"), a CTL.
+_BYTE_ERROR = re.compile(rb"\r(?!\n)|(?<!\r)\n|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BYTE_ERROR_CODE = {0x0D: HEAD_ERR_BARE_CR, 0x0A: HEAD_ERR_BARE_LF}
+
+
+def _line_error(head: bytes | bytearray, s: int, e: int) -> tuple[int, int]:
+    """(position, code) where the C loop stops on header line head[s:e], or (-1, 0)."""
+    if head[s] in _OWS:
+        return s, HEAD_ERR_OBS_FOLD
+    colon = head.find(b":", s, e)
+    if colon < 0:
+        return e, HEAD_ERR_NO_COLON       # noticed at the CR (or end) of the line
+    if colon == s:
+        return s, HEAD_ERR_NO_COLON
+    if head.find(b" ", s, colon) >= 0 or head.find(b"\t", s, colon) >= 0:
+        return colon, HEAD_ERR_SPACE_BEFORE_COLON   # noticed at the colon
+    return -1, 0
+
+
+def check_head(head: bytes) -> int:
+    """HEAD_OK, or the HEAD_ERR_* code of the first offending byte of a request head."""
+    head = _as_bytes(head)
+    n = len(head)
+    m = _BYTE_ERROR.search(head)
+    if m is None:
+        limit, byte_code = n + 1, HEAD_OK
+    else:
+        limit = m.start()
+        byte_code = _BYTE_ERROR_CODE.get(head[limit], HEAD_ERR_CTL)
+    s = head.find(b"\r\n")
+    if s < 0:
+        return byte_code   # the request line alone: only byte checks apply
+    s += 2
+    while s < limit:
+        e = head.find(b"\r\n", s)
+        if e < 0:
+            e = n   # an unterminated last line (the caller broke the contract)
+        if e > s:
+            pos, code = _line_error(head, s, e)
+            if pos >= 0:
+                return code if pos < limit else byte_code
+        if e == n:
+            break
+        s = e + 2
+    return byte_code
+
+
+_HOST_LINE = re.compile(rb"\r\nhost:", re.IGNORECASE)   # bytes: ASCII case folding only
+
+
+def _host_suffix_at(head: bytes | bytearray) -> int:
+    """Where host_suffix goes (end of the host name in the first Host value), or -1."""
+    m = _HOST_LINE.search(head)
+    if m is None:
+        return -1
+    vs = m.end()
+    value = head[vs:head.find(b"\r\n", vs)]
+    core = value.strip(_OWS)
+    if not core or core[0] == 0x5B:   # empty, or an IPv6 literal "[...]": left alone
+        return -1
+    colon = core.find(b":")
+    if colon == 0:
+        return -1
+    ls = vs + len(value) - len(value.lstrip(_OWS))
+    return ls + (len(core) if colon < 0 else colon)
+
+
+def shadow_head(head: bytes, host_suffix: bytes, extra: bytes) -> bytes:
+    """The head with host_suffix after the first Host's host name and extra before the end.
+
+    Raises:
+        ValueError: head does not end with CRLFCRLF.
+    """
+    head, host_suffix, extra = _as_bytes(head), _as_bytes(host_suffix), _as_bytes(extra)
+    if not head.endswith(b"\r\n\r\n"):
+        raise ValueError("head must end with CRLF CRLF")
+    body_end = len(head) - 2
+    at = _host_suffix_at(head) if host_suffix else -1
+    if at < 0:
+        return b"".join((head[:body_end], extra, b"\r\n"))
+    return b"".join((head[:at], host_suffix, head[at:body_end], extra, b"\r\n"))
+
+
+# -- chunked bodies ---------------------------------------------------------------------
+
+class ChunkedError(ValueError):
+    """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
+
+
+(_S_SIZE, _S_EXT, _S_SIZE_LF, _S_DATA, _S_DATA_CR, _S_DATA_LF, _S_TRAILER_START,
+ _S_TRAILER, _S_TRAILER_LF, _S_FINAL_LF, _S_DONE) = range(11)
+
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+# A whole chunk-size line at once; anything it does not match goes byte by byte.
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n\x00]*)?\r\n")
+_EXT_STOP = re.compile(rb"[\r\n\x00]")
+_LINE_STOP = re.compile(rb"[\r\n]")
+
+
+class ChunkedScanner:
+    """Strict incremental scanner of one chunked body (RFC 9112 section 7.1).
+
+    feed() reports how many bytes belong to the body, so the caller can forward them
+    untouched; it never consumes past the CRLF that ends the trailer section.
+    """
+
+    __slots__ = ("_state", "_digits", "_failed", "_size", "_line_len", "_trailer_len",
+                 "_max_line", "_max_trailers")
+
+    def __init__(self, max_line: int = 4096, max_trailers: int = 16384) -> None:
+        max_line, max_trailers = operator.index(max_line), operator.index(max_trailers)
+        if max_line < 0 or max_trailers < 0:
+            raise ValueError("max_line and max_trailers must be >= 0")
+        self._max_line = max_line
+        self._max_trailers = max_trailers
+        self._state = _S_SIZE
+        self._digits = 0
+        self._failed = False
+        self._size = 0
+        self._line_len = 0
+        self._trailer_len = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the whole body, trailers and final CRLF included, was consumed."""
+        return self._state == _S_DONE
+
+    def feed(self, buf: bytes | bytearray | memoryview, start: int = 0) -> int:
+        """Consume buf[start:]; return how many of its bytes belong to the body.
+
+        Raises:
+            ChunkedError: malformed body or a limit exceeded (and on every later call).
+            ValueError: start is outside 0..len(buf).
+        """
+        if self._failed:
+            raise ChunkedError("chunked body already failed")
+        buf = _as_view(buf)
+        start = operator.index(start)
+        if start < 0 or start > len(buf):
+            raise ValueError("start out of range")
+        if self._state == _S_DONE:
+            return 0
+        return self._scan(buf, start, len(buf)) - start
+
+    def _fail(self, message: str) -> None:
+        self._failed = True
+        raise ChunkedError(message)
+
+    def _scan(self, p: bytes | bytearray | memoryview, i: int, n: int) -> int:  # noqa: C901
+        while i < n:
+            state = self._state
+            if state == _S_DATA:   # skipped by arithmetic, whatever its size
+                if self._size <= n - i:
+                    i += self._size
+                    self._size = 0
+                    self._state = _S_DATA_CR
+                else:
+                    self._size -= n - i
+                    i = n
+                continue
+            if state == _S_SIZE and self._digits == 0:
+                m = _SIZE_LINE.match(p, i)
+                if m is not None and m.end() - 2 - i <= self._max_line:
+                    size = int(m.group(1), 16)
+                    i = m.end()
+                    self._size = size
+                    self._state = _S_DATA if size else _S_TRAILER_START
+                    continue
+            c = p[i]
+            if state == _S_SIZE:
+                d = _HEX.get(c)
+                if d is not None:
+                    self._digits += 1
+                    if self._digits > 16:
+                        self._fail("chunk size has more than 16 hex digits")
+                    self._size = (self._size << 4) | d
+                elif self._digits == 0:
+                    self._fail("invalid chunk size")
+                elif c == 0x3B:   # ";"
+                    self._state = _S_EXT
+                elif c == 0x0D:
+                    self._state = _S_SIZE_LF
+                    i += 1
+                    continue
+                else:
+                    self._fail("invalid chunk size")
+                self._line_len += 1
+                if self._line_len > self._max_line:
+                    self._fail("chunk size line too long")
+                i += 1
+            elif state == _S_EXT:
+                m = _EXT_STOP.search(p, i)
+                stop = n if m is None else m.start()
+                self._line_len += stop - i
+                i = stop
+                if self._line_len > self._max_line:
+                    self._fail("chunk size line too long")
+                if i < n:
+                    if p[i] != 0x0D:
+                        self._fail("invalid byte in chunk extension")
+                    self._state = _S_SIZE_LF
+                    i += 1
+            elif state == _S_SIZE_LF:
+                if c != 0x0A:
+                    self._fail("chunk size line not ended by CRLF")
+                i += 1
+                self._line_len = 0
+                self._digits = 0
+                self._state = _S_DATA if self._size else _S_TRAILER_START
+            elif state == _S_DATA_CR:
+                if c != 0x0D:
+                    self._fail("chunk data not followed by CRLF")
+                self._state = _S_DATA_LF
+                i += 1
+            elif state == _S_DATA_LF:
+                if c != 0x0A:
+                    self._fail("chunk data not followed by CRLF")
+                self._state = _S_SIZE
+                i += 1
+            elif state == _S_TRAILER_START:
+                if c == 0x0D:
+                    self._state = _S_FINAL_LF
+                    i += 1
+                elif c == 0x0A:
+                    self._fail("bare LF in trailer section")
+                else:
+                    self._state = _S_TRAILER
+            elif state == _S_TRAILER:
+                m = _LINE_STOP.search(p, i)
+                stop = n if m is None else m.start()
+                self._trailer_len += stop - i
+                i = stop
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                if i < n:
+                    if p[i] == 0x0A:
+                        self._fail("bare LF in trailer section")
+                    self._state = _S_TRAILER_LF
+                    self._trailer_len += 1
+                    if self._trailer_len > self._max_trailers:
+                        self._fail("trailer section too long")
+                    i += 1
+            elif state == _S_TRAILER_LF:
+                if c != 0x0A:
+                    self._fail("bare CR in trailer section")
+                self._trailer_len += 1
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                self._state = _S_TRAILER_START
+                i += 1
+            else:   # _S_FINAL_LF
+                if c != 0x0A:
+                    self._fail("trailer section not ended by CRLF")
+                self._state = _S_DONE
+                return i + 1
+        return i
+
+
+# -- response heads ---------------------------------------------------------------------
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: .*)?", re.DOTALL)
+
+
+def _list_elements(value: bytes | bytearray) -> list[bytes | bytearray]:
+    """Non-empty, OWS-stripped elements of a comma-separated header value."""
+    return [e for e in (part.strip(_OWS) for part in value.split(b",")) if e]
+
+
+def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
+    """(status, minor, content_length, chunked, close) of a response head.
+
+    Raises:
+        ValueError: malformed status line or header line, bare CR/LF, obs-fold,
+            conflicting Content-Length, or Content-Length with Transfer-Encoding.
+    """
+    head = _as_bytes(head)
+    if not head.endswith(b"\r\n\r\n"):
+        raise ValueError("response head must end with CRLF CRLF")
+    lines = head[:-4].split(b"\r\n")
+    status_line = lines[0]
+    if b"\r" in status_line or b"\n" in status_line:
+        raise ValueError("bare CR or LF in response head")
+    m = _STATUS_LINE.fullmatch(status_line)
+    if m is None or int(m.group(2)) < 100:
+        raise ValueError("malformed status line")
+    minor, status = int(m.group(1)), int(m.group(2))
+    length = -1
+    te_present = conn_close = conn_keep_alive = False
+    last_coding: bytes | bytearray = b""
+    for line in lines[1:]:
+        if b"\r" in line or b"\n" in line:
+            raise ValueError("bare CR or LF in response head")
+        if not line:
+            raise ValueError("header line without a colon")
+        if line[0] in _OWS:
+            raise ValueError("obsolete line folding in response head")
+        colon = line.find(b":")
+        if colon <= 0:
+            raise ValueError("header line without a colon")
+        name = line[:colon]
+        if b" " in name or b"\t" in name:
+            raise ValueError("whitespace before colon in response header")
+        name = name.lower()
+        value = line[colon + 1:].strip(_OWS)
+        if name == b"content-length":
+            if not (1 <= len(value) <= 18 and value.isdigit()):
+                raise ValueError("invalid Content-Length")
+            if length >= 0 and int(value) != length:
+                raise ValueError("conflicting Content-Length headers")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            te_present = True
+            codings = _list_elements(value)
+            if codings:
+                last_coding = codings[-1]
+        elif name == b"connection":
+            for token in _list_elements(value):
+                token = token.lower()
+                if token == b"close":
+                    conn_close = True
+                elif token == b"keep-alive":
+                    conn_keep_alive = True
+    if te_present and length >= 0:
+        raise ValueError("both Transfer-Encoding and Content-Length in response head")
+    chunked = last_coding.lower() == b"chunked"
+    # Not chunked but Transfer-Encoding: the body runs to the close (RFC 9112 6.3).
+    return (status, minor, length, chunked,
+            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked))

@@ -1,0 +1,324 @@
+"""Admin endpoint: a small h11 HTTP/1.1 server for metrics, health and run-time control.
+
+Endpoints (CONTRACT.md "Admin endpoint"):
+
+=================  ======================  ===================================================
+method             path                    answer
+=================  ======================  ===================================================
+GET, HEAD          /metrics                Prometheus text (``runtime.render_metrics()``)
+GET, HEAD          /healthz                200 ``ok`` while the process runs
+GET, HEAD          /ready                  200 ``ready``, or 503 ``draining``
+GET, HEAD          /config                 the effective configuration as JSON
+GET, HEAD          /mirror                 ``{"percent": P}``
+PUT, POST          /mirror?percent=P       set P (0..100), or a JSON body ``{"percent": P}``;
+                                           answers ``{"percent": P}``; 400 ``{"error": ...}``
+=================  ======================  ===================================================
+
+Unknown paths get 404, other methods 405 with ``Allow``; errors are JSON
+``{"error": "..."}``. Keep-alive and pipelining work; a request h11 rejects gets its
+4xx and the connection is closed. It keeps answering while the proxy drains.
+
+The runtime is duck-typed: ``config_dict()`` (or ``.config`` for
+``fastmirror.config.config_to_dict``), ``mirror_percent``,
+``set_mirror_percent(p)``, ``draining``, ``render_metrics()`` (or ``.registry``). Any of the calls may
+return an awaitable (a parent process collecting its workers, say); it is awaited.
+This module does not decide anything about the proxy; it only reads and sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import socket
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import orjson
+
+__all__ = ["AdminProtocol", "start_admin"]
+
+_log = logging.getLogger("fastmirror.admin")
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+# Request heads and bodies are tiny here; anything larger is a mistake or an attack.
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
+# A connection must deliver its next complete request within this long of going idle
+# (nginx keepalive_timeout defaults to 75 s, Envoy's admin has none; 30 s is plenty
+# for scrapers, which reuse connections every 10-60 s or reconnect).
+IDLE_TIMEOUT = 30.0
+
+_GET = ("GET", "HEAD")
+_ALLOW = {
+    "/metrics": _GET,
+    "/healthz": _GET,
+    "/ready": _GET,
+    "/config": _GET,
+    "/mirror": ("GET", "HEAD", "PUT", "POST"),
+}
+
+Response = tuple[int, str, bytes, list[tuple[str, str]]]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or []
+
+
+async def _call(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return status, JSON, orjson.dumps(obj) + b"\n", []
+
+
+class Handler:
+    """Maps (method, target, body) to a response; no I/O of its own."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    async def handle(self, method: str, target: str, body: bytes) -> Response:
+        try:
+            return await self._route(method, target, body)
+        except HTTPError as exc:
+            status, ctype, data, headers = _json({"error": str(exc)}, exc.status)
+            return status, ctype, data, exc.headers
+
+    async def _route(self, method: str, target: str, body: bytes) -> Response:
+        parts = urlsplit(target)
+        path = parts.path
+        allow = _ALLOW.get(path)
+        if allow is None:
+            raise HTTPError(404, f"no such endpoint: {path}")
+        if method not in allow:
+            raise HTTPError(405, f"method {method} not allowed", [("allow", ", ".join(allow))])
+        rt = self.runtime
+        if path == "/metrics":
+            # ARCHITECTURE.md's Runtime may only expose .registry; use it then.
+            render = getattr(rt, "render_metrics", None) or rt.registry.render
+            data = await _call(render())
+            return 200, METRICS_CONTENT_TYPE, data.encode() if isinstance(data, str) else bytes(data), []
+        if path == "/healthz":
+            return 200, TEXT, b"ok", []
+        if path == "/ready":
+            return (503, TEXT, b"draining", []) if rt.draining else (200, TEXT, b"ready", [])
+        if path == "/config":
+            return _json(await self._config())
+        if method in _GET:
+            return _json({"percent": rt.mirror_percent})
+        percent = _parse_percent(parts.query, body)
+        try:
+            await _call(rt.set_mirror_percent(percent))
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return _json({"percent": rt.mirror_percent})
+
+    async def _config(self) -> Any:
+        rt = self.runtime
+        if hasattr(rt, "config_dict"):
+            return await _call(rt.config_dict())
+        from fastmirror.config import config_to_dict
+
+        return config_to_dict(rt.config)
+
+
+def _parse_percent(query: str, body: bytes) -> float:
+    """The new percentage from ``?percent=P`` or a JSON body ``{"percent": P}``."""
+    values = parse_qs(query, keep_blank_values=True).get("percent")
+    if values:
+        if len(values) > 1:
+            raise HTTPError(400, "percent given more than once")
+        raw: Any = values[0]
+    elif body.strip():
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise HTTPError(400, 'body must be JSON: {"percent": P}') from None
+        if not isinstance(doc, dict) or "percent" not in doc:
+            raise HTTPError(400, 'body must be JSON: {"percent": P}')
+        raw = doc["percent"]
+    else:
+        raise HTTPError(400, "missing percent: use ?percent=P or a JSON body {\"percent\": P}")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise HTTPError(400, f"percent must be a number, not {raw!r}")
+    try:
+        p = float(raw)
+    except ValueError:
+        raise HTTPError(400, f"percent must be a number, not {raw!r}") from None
+    if not math.isfinite(p) or not 0.0 <= p <= 100.0:
+        raise HTTPError(400, f"percent must be between 0 and 100, not {raw!r}")
+    return p
+
+
+class AdminProtocol(asyncio.Protocol):
+    """One admin connection: bytes -> h11 -> Handler -> h11 -> bytes.
+
+    One request is handled at a time; reading pauses while it is, and h11 holds
+    any pipelined bytes until the next cycle.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.transport: asyncio.Transport | None = None
+        self.request: h11.Request | None = None
+        self.body = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not an asyncio.Transport subclass; duck-type it.
+        self.transport = cast(asyncio.Transport, transport)
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # Half-close: a request in flight still gets its answer; we close afterwards.
+        self.conn.receive_data(b"")
+        self._process()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self.task is not None:
+            self.task.cancel()
+        self.transport = None
+
+    # -- request cycle ---------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self.transport is not None and self.task is None:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, str(exc))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                # h11 only limits a head that arrives incomplete; one that arrives
+                # whole in a single read is checked here.
+                if sum(len(k) + len(v) + 4 for k, v in event.headers.raw_items()) > MAX_HEAD:
+                    self._fail(431, "request header fields too large")
+                    return
+                self.request = event
+                self.body.clear()
+                if self.conn.they_are_waiting_for_100_continue:
+                    self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            elif isinstance(event, h11.Data):
+                self.body += event.data
+                if len(self.body) > MAX_BODY:
+                    self._fail(413, "request body too large")
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                assert self.request is not None
+                self._cancel_timer()
+                self.transport.pause_reading()
+                self.task = asyncio.ensure_future(self._respond(self.request, bytes(self.body)))
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close()
+                return
+
+    async def _respond(self, req: h11.Request, body: bytes) -> None:
+        method = req.method.decode("ascii", "replace")
+        target = req.target.decode("ascii", "replace")
+        try:
+            status, ctype, data, headers = await self.handler.handle(method, target, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("admin: %s %s failed", method, target)
+            status, ctype, data, headers = _json({"error": "internal error"}, 500)
+        if self.transport is None:
+            return
+        self._write_response(status, ctype, data, headers, head=method == "HEAD")
+        self.task = None
+        if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+            self._close()
+            return
+        try:
+            self.conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            self._close()
+            return
+        self._arm_timer()
+        self.transport.resume_reading()
+        self._process()  # pipelined requests already buffered in h11
+
+    def _write_response(
+        self, status: int, ctype: str, data: bytes, extra: list[tuple[str, str]], *, head: bool, close: bool = False
+    ) -> None:
+        headers = [("content-type", ctype), ("content-length", str(len(data))), ("cache-control", "no-store")]
+        headers += extra
+        if close:
+            headers.append(("connection", "close"))
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b""
+        self._send(h11.Response(status_code=status, headers=headers, reason=reason))
+        if data and not head:
+            self._send(h11.Data(data=data))
+        self._send(h11.EndOfMessage())
+
+    def _send(self, event: Any) -> None:
+        out = self.conn.send(event)
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a broken request and close (no keep-alive after bad framing)."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status, ctype, data, _ = _json({"error": message}, status)
+            try:
+                self._write_response(status, ctype, data, [], head=False, close=True)
+            except h11.LocalProtocolError:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    # -- idle timer ------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        self.timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._close)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+async def start_admin(
+    runtime: Any, host: str | None, port: int | None, sock: socket.socket | None = None
+) -> asyncio.AbstractServer:
+    """Listen for admin requests on (host, port), or on an already bound ``sock``.
+
+    Returns:
+        The started asyncio server; ``close()`` it to stop accepting.
+    """
+    handler = Handler(runtime)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        return await loop.create_server(lambda: AdminProtocol(handler), sock=sock)
+    return await loop.create_server(lambda: AdminProtocol(handler), host=host, port=port or 0, reuse_address=True)

@@ -1,0 +1,216 @@
+"""Command line: the CONTRACT flags and the check-config and demo subcommands.
+
+cli ─▶ config ─▶ workers.  Every flag is declared here and nowhere else.  Flags
+default to argparse.SUPPRESS, so the namespace holds only what the user typed
+and config.load_config() lays exactly that over the file.  Any usage or config
+error is one line on stderr and exit status 2, never a traceback.  This module
+does not run the proxy itself: it hands the Config to fastmirror.workers.run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import orjson
+
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+
+PROG = "fastmirror"
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config))
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors come back as one line instead of usage + message + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _default(name: str) -> str:
+    """A Config default as --help shows it, so the help cannot drift from config.py."""
+    value = Config.__dataclass_fields__[name].default
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+# (flag, metavar, help, extra add_argument kwargs). dest is the Config field name.
+_CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
+    ("--listen", "HOST:PORT", f"address clients connect to (default: {_default('listen')})", {}),
+    ("--primary", "HOST:PORT",
+     "upstream whose response the client gets (required unless in the config file)", {}),
+    ("--shadow", "HOST:PORT", "mirror target; repeat for several (default: none)",
+     {"action": "append"}),
+    ("--mirror-percent", "P",
+     "percentage of requests mirrored, 0..100 (default: 100 when a shadow is given, else 0)", {}),
+    ("--mirror-methods", "LIST",
+     f'comma-separated methods to mirror; "ALL" mirrors every method '
+     f"(default: {_default('mirror_methods')})", {}),
+    ("--admin", "HOST:PORT",
+     f'admin endpoint (/metrics, /healthz, /ready, /config, /mirror); "off" disables '
+     f"(default: {_default('admin')})", {}),
+    ("--workers", "N",
+     f"worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU "
+     f"(default: {_default('workers')})", {}),
+    ("--queue-size", "N",
+     f"per shadow, requests waiting; when full the copy is dropped "
+     f"(default: {_default('queue_size')})", {}),
+    ("--shadow-timeout", "SECONDS",
+     f"give up on a shadow's response after this (default: {_default('shadow_timeout')})", {}),
+    ("--shadow-concurrency", "N",
+     f"per shadow, requests in flight (default: {_default('shadow_concurrency')})", {}),
+    ("--primary-timeout", "SECONDS",
+     f"no response from the primary by then: 504 (default: {_default('primary_timeout')})", {}),
+    ("--max-mirror-body", "BYTES",
+     f'larger bodies are not mirrored; suffixes like "512KiB", "1MiB" accepted '
+     f"(default: {_default('max_mirror_body')} = 1 MiB)", {}),
+    ("--no-shadow-host-suffix", None, 'do not append "-shadow" to Host in the shadow\'s copy',
+     {"action": "store_const", "const": False, "dest": "shadow_host_suffix"}),
+    ("--access-log", "PATH|-", 'JSON lines access log; "-" is stdout (default: off)', {}),
+    ("--log-level", "LEVEL",
+     f"debug, info, warning or error (default: {_default('log_level')})", {}),
+)  # fmt: skip
+
+_EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
+    ("--connect-timeout", "SECONDS",
+     f"upstream connect timeout (default: {_default('connect_timeout')})", {}),
+    ("--drain-timeout", "SECONDS",
+     f"on SIGTERM/SIGINT, time for requests in flight to finish "
+     f"(default: {_default('drain_timeout')})", {}),
+    ("--idle-timeout", "SECONDS",
+     f"close idle client keep-alive connections after this "
+     f"(default: {_default('idle_timeout')})", {}),
+    ("--max-head-size", "BYTES",
+     f"larger request heads get 431 (default: {_default('max_head_size')} = 64 KiB)", {}),
+    ("--mirror-key", "HEADER",
+     "sample by a hash of this request header, so one value is always or never "
+     "mirrored (default: random sampling)", {}),
+)  # fmt: skip
+
+
+def _config_flags() -> argparse.ArgumentParser:
+    """The config flags, shared by the proxy (top level) and check-config."""
+    flags = _Parser(add_help=False)
+    flags.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
+                       help="TOML file whose keys are these flags' names with underscores; "
+                       "flags override it")  # fmt: skip
+    for title, table in (("proxy", _CONTRACT_FLAGS), ("extensions", _EXTENSION_FLAGS)):
+        group = flags.add_argument_group(title)
+        for flag, metavar, text, extra in table:
+            kwargs: dict[str, Any] = {"dest": flag[2:].replace("-", "_"), "help": text}
+            if metavar is not None:
+                kwargs["metavar"] = metavar
+            group.add_argument(flag, default=argparse.SUPPRESS, **(kwargs | extra))
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flags = _config_flags()
+    parser = _Parser(
+        prog=PROG,
+        parents=[flags],
+        description="HTTP/1.1 traffic-mirroring proxy: every request goes to the primary, "
+        "a sample is copied to the shadows, the client only ever sees the primary.",
+    )
+    parser.add_argument("--version", action="store_true", default=argparse.SUPPRESS,
+                        help="print the version, the active core and library versions")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check-config", parents=[flags], help="print the effective config as JSON, or the error"
+    )
+    check.add_argument("file", metavar="FILE.toml")
+    demo = commands.add_parser(
+        "demo", help="built-in primary and shadow on loopback, traffic, side-by-side report"
+    )
+    # Passed on only when given, so fastmirror.demo.main keeps its own default.
+    demo.add_argument("--duration", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
+                      help="how long to send traffic (default: 10)")  # fmt: skip
+    return parser
+
+
+def version_line() -> str:
+    """`fastmirror 0.1.0 (core: cython) python 3.11.7 uvloop 0.21.0 h11 0.16.0`."""
+    try:
+        from fastmirror.hotpath import CORE_IMPL
+
+        core = CORE_IMPL
+    except ImportError:
+        core = "unavailable"
+    versions = " ".join(f"{name} {_dist_version(name)}" for name in ("uvloop", "h11"))
+    return f"{PROG} {_own_version()} (core: {core}) python {platform.python_version()} {versions}"
+
+
+def _own_version() -> str:
+    import fastmirror
+
+    version = getattr(fastmirror, "__version__", None)
+    return str(version) if version else _dist_version(PROG, fallback="0.1.0")
+
+
+def _dist_version(name: str, fallback: str = "unavailable") -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return fallback
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Config]:
+    path: str | None = getattr(args, "config", None)
+    if args.command == "check-config":
+        if path is not None and path != args.file:
+            raise ConfigError(f"--config: check-config takes the file once, got {path} and {args.file}")
+        path = args.file
+    overrides = {k: v for k, v in vars(args).items() if k in _FIELD_NAMES}
+    return path, overrides, load_config(path, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        return _fail(f"{e} (see {PROG} --help)")
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+
+    if getattr(args, "version", False):
+        print(version_line())
+        return 0
+    if args.command == "demo":
+        demo_args = {k: v for k, v in vars(args).items() if k == "duration"}
+        if not all(0 < d < float("inf") for d in demo_args.values()):
+            return _fail(f"--duration: must be a number of seconds > 0, got {args.duration:g}")
+        from fastmirror.demo import main as demo_main
+
+        return demo_main(**demo_args)
+
+    try:
+        path, overrides, config = _load(args)
+    except ConfigError as e:
+        return _fail(str(e))
+    if args.command == "check-config":
+        sys.stdout.buffer.write(orjson.dumps(config_to_dict(config), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        return 0
+
+    from fastmirror.workers import run
+
+    # The overrides go along so that a SIGHUP reload lays the same flags over the new file.
+    return run(config, path, overrides)

@@ -1,0 +1,349 @@
+"""HTTP/1.1 framing for both sides of the proxy, sans-I/O.
+
+Requests (downstream): h11 is the authority on whether a request head is valid; on
+top of it we refuse what two parsers could read differently (bare LF, obs-fold,
+duplicate or conflicting framing headers), since bytes are forwarded as received,
+not re-serialized. Bodies are framed by counting (Content-Length) or by the strict
+chunked scanner of the core; their bytes are never copied or re-encoded here.
+
+Responses (upstream): framed by the core's status-line/header parse and the same
+chunked scanner, so a full h11 cycle is never paid on the response side.
+
+This module does no I/O: bytes in, decisions and byte counts out.
+"""
+
+from __future__ import annotations
+
+import h11
+
+from .hotpath import (
+    HEAD_ERR_MESSAGES,
+    ChunkedError,
+    ChunkedScanner,
+    check_head,
+    find_head_end,
+    parse_response_head,
+)
+
+__all__ = [
+    "HttpError",
+    "RequestHead",
+    "BodyFramer",
+    "ResponseFramer",
+    "ResponseError",
+    "parse_request_head",
+    "error_response",
+    "find_head_end",
+]
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the de-facto Proxy-Connection. Transfer-Encoding
+# is hop-by-hop too, but the body is forwarded in its original chunked framing, so the
+# header that describes that framing must travel with it.
+HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade")
+_HOP_MARKERS = tuple(b"\n" + name + b":" for name in HOP_BY_HOP)
+
+REASONS = {
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class HttpError(Exception):
+    """A request the proxy refuses; `status` is what the client gets before the close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class ResponseError(Exception):
+    """An upstream response that cannot be framed (answered as 502 when nothing was sent)."""
+
+
+def error_response(status: int, detail: str = "") -> bytes:
+    """A short plain-text response that closes the connection."""
+    reason = REASONS.get(status, b"Error")
+    body = b"%d %s" % (status, reason)
+    if detail:
+        body += b": " + detail.encode("ascii", "replace")
+    body += b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+    )
+
+
+class RequestHead:
+    """One validated request head and what the proxy needs to know about it."""
+
+    __slots__ = (
+        "raw", "forward", "method", "target", "http10", "headers",
+        "content_length", "chunked", "keep_alive", "upgrade",
+    )
+
+    def __init__(self, raw: bytes, forward: bytes, method: bytes, target: bytes,
+                 http10: bool, headers: list[tuple[bytes, bytes]], content_length: int,
+                 chunked: bool, keep_alive: bool, upgrade: bool) -> None:
+        self.raw = raw                    # the head exactly as the client sent it
+        self.forward = forward            # what goes upstream: raw minus hop-by-hop lines
+        self.method = method
+        self.target = target
+        self.http10 = http10
+        self.headers = headers            # (lower-cased name, value), as h11 parsed them
+        self.content_length = content_length  # -1: none
+        self.chunked = chunked
+        self.keep_alive = keep_alive      # the client may send another request afterwards
+        self.upgrade = upgrade            # Connection: upgrade + Upgrade: (e.g. WebSocket)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Validate one complete request head (ending in CRLFCRLF).
+
+    Raises:
+        HttpError: 400 for anything malformed or ambiguous, 501 for an unsupported
+            transfer-coding.
+    """
+    code = check_head(raw)
+    if code:
+        raise HttpError(400, HEAD_ERR_MESSAGES[code])
+    lower = raw.lower()
+    if lower.count(b"\ntransfer-encoding:") > 1:
+        raise HttpError(400, "multiple Transfer-Encoding headers")
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(raw) + 1)
+    conn.receive_data(raw)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise HttpError(exc.error_status_hint, str(exc)) from None
+    if type(event) is not h11.Request:
+        raise HttpError(400, "incomplete request head")
+
+    if event.http_version not in (b"1.1", b"1.0"):
+        raise HttpError(505, "HTTP version not supported")
+    # h11 merges duplicate Content-Length headers and accepts "5, 5"; count the raw
+    # lines instead (check_head guarantees "\nname:" is the only way a field starts).
+    content_length = -1
+    chunked = False
+    upgrade_header = False
+    conn_tokens: list[bytes] = []
+    for name, value in event.headers:
+        if name == b"content-length":
+            content_length = _content_length(value, lower)
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"connection":
+            conn_tokens.extend(t.strip() for t in value.lower().split(b","))
+        elif name == b"upgrade":
+            upgrade_header = True
+    http10 = event.http_version == b"1.0"
+    if chunked:
+        if content_length >= 0:
+            raise HttpError(400, "Content-Length with Transfer-Encoding")
+        if http10:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    upgrade = upgrade_header and b"upgrade" in conn_tokens
+    keep_alive = not http10 and b"close" not in conn_tokens
+    forward = _strip_hop_by_hop(raw, lower, conn_tokens, upgrade)
+    return RequestHead(raw, forward, event.method, event.target, http10,
+                       list(event.headers), content_length, chunked, keep_alive, upgrade)
+
+
+def _content_length(value: bytes, lower: bytes) -> int:
+    if lower.count(b"\ncontent-length:") != 1:
+        raise HttpError(400, "multiple Content-Length headers")
+    # h11 has already folded "5, 5" into "5": check the value as it was sent.
+    start = lower.index(b"\ncontent-length:") + 16
+    sent = lower[start:lower.index(b"\r\n", start)].strip(b" \t")
+    if not sent.isdigit():
+        raise HttpError(400, "bad Content-Length")
+    return int(sent)
+
+
+def _strip_hop_by_hop(raw: bytes, lower: bytes, conn_tokens: list[bytes], upgrade: bool) -> bytes:
+    """Drop hop-by-hop header lines, leaving every other byte as received."""
+    named = [t for t in conn_tokens if t and t not in HOP_BY_HOP]
+    if not named and not any(marker in lower for marker in _HOP_MARKERS):
+        return raw  # the common case: nothing to drop, no copy
+    drop = set(HOP_BY_HOP).union(named)
+    if upgrade:  # the upgrade handshake must reach the primary intact
+        drop.discard(b"connection")
+        drop.discard(b"upgrade")
+    lines = raw[:-4].split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = line[: line.index(b":")].lower()
+        if name not in drop:
+            kept.append(line)
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+class BodyFramer:
+    """Counts how many of the bytes that follow a request head belong to its body."""
+
+    __slots__ = ("remaining", "scanner")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.remaining = max(head.content_length, 0)
+        self.scanner = ChunkedScanner() if head.chunked else None
+
+    @property
+    def done(self) -> bool:
+        if self.scanner is not None:
+            return self.scanner.done
+        return self.remaining == 0
+
+    def feed(self, data: bytes, start: int = 0) -> int:
+        """Return how many bytes of data[start:] belong to the body.
+
+        Raises:
+            HttpError: 400 on a malformed chunked body.
+        """
+        if self.scanner is not None:
+            try:
+                return self.scanner.feed(data, start)
+            except ChunkedError as exc:
+                raise HttpError(400, f"bad chunked body: {exc}") from None
+        n = min(self.remaining, len(data) - start)
+        self.remaining -= n
+        return n
+
+
+# Response body framing modes.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+MAX_RESPONSE_HEAD = 65536
+
+
+class ResponseFramer:
+    """Frames one upstream response; `feed` returns the bytes to pass on now.
+
+    Interim 1xx responses (100 Continue) are passed on and framing continues with the
+    final response. A 101 ends the response: the connection becomes a tunnel.
+    """
+
+    __slots__ = ("head_only", "status", "done", "close", "upgraded", "excess",
+                 "_head", "_mode", "_remaining", "_scanner")
+
+    def __init__(self, head_request: bool) -> None:
+        self.head_only = head_request
+        self.status = 0          # final status, 0 until its head is complete
+        self.done = False
+        self.close = False       # the upstream connection cannot be reused
+        self.upgraded = False
+        self.excess = False      # bytes arrived after the end of the response
+        self._head = b""
+        self._mode = _NONE
+        self._remaining = 0
+        self._scanner: ChunkedScanner | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume upstream bytes; return the prefix that belongs to this response.
+
+        Raises:
+            ResponseError: the response is malformed.
+        """
+        if self.done:
+            if data:
+                self.excess = self.close = True
+            return b""
+        if self.status:
+            n = self._feed_body(data, 0)
+            return data if n == len(data) else data[:n]
+        return self._feed_head(data)
+
+    def _feed_head(self, data: bytes) -> bytes:
+        buf = self._head + data if self._head else data
+        pos = 0
+        while not self.status:
+            end = find_head_end(buf, pos)
+            if end < 0:
+                if len(buf) - pos > MAX_RESPONSE_HEAD:
+                    raise ResponseError("response head too large")
+                self._head = buf[pos:]
+                return buf[:pos]  # interim responses complete so far
+            self._start_body(buf[pos:end])
+            pos = end
+        self._head = b""
+        if self.upgraded:
+            return buf  # what follows a 101 is already tunnel data
+        if not self.done:
+            pos += self._feed_body(buf, pos)
+        elif pos < len(buf):
+            self.excess = self.close = True
+        return buf if pos == len(buf) else buf[:pos]
+
+    def _start_body(self, head: bytes) -> None:
+        try:
+            status, minor, length, chunked, close = parse_response_head(head)
+        except ValueError as exc:
+            raise ResponseError(f"bad response head: {exc}") from None
+        if 100 <= status < 200 and status != 101:
+            return  # interim response: passed on; the final one follows
+        self.status = status
+        self.close = close
+        if status == 101:
+            self.upgraded = self.close = self.done = True
+        elif self.head_only or status in (204, 304):
+            self.done = True
+        elif chunked:
+            self._mode = _CHUNKED
+            self._scanner = ChunkedScanner()
+        elif length >= 0:
+            self._mode = _LENGTH
+            self._remaining = length
+            self.done = length == 0
+        else:
+            self._mode = _UNTIL_CLOSE
+            self.close = True
+
+    def _feed_body(self, data: bytes, start: int) -> int:
+        mode = self._mode
+        if mode == _LENGTH:
+            n = min(self._remaining, len(data) - start)
+            self._remaining -= n
+            if self._remaining == 0:
+                self.done = True
+                if start + n < len(data):
+                    self.excess = self.close = True
+            return n
+        if mode == _CHUNKED:
+            assert self._scanner is not None
+            try:
+                n = self._scanner.feed(data, start)
+            except ChunkedError as exc:
+                raise ResponseError(f"bad chunked response: {exc}") from None
+            if self._scanner.done:
+                self.done = True
+                if start + n < len(data):
+                    self.excess = self.close = True
+            return n
+        return len(data) - start  # until close
+
+    def eof(self) -> None:
+        """The upstream closed its side.
+
+        Raises:
+            ResponseError: the response was not complete.
+        """
+        if self.done:
+            return
+        if self.status and self._mode == _UNTIL_CLOSE:
+            self.done = True
+            return
+        raise ResponseError("upstream closed the connection before the response ended")

@@ -1,0 +1,449 @@
+"""Configuration stage: the TOML file and the command-line flags, merged into one frozen Config.
+
+cli ─▶ config ─▶ workers.  This module parses and validates only: it opens no
+socket, starts no loop and applies nothing.  Every bad key or value raises
+ConfigError, whose text is one line naming the key (or flag) and the problem,
+so the CLI can print it and exit 2 without a traceback.
+
+Flow of load_config(): read the file (top-level keys are the CONTRACT flag names
+with underscores), then lay the flags the user actually gave on top, then run
+every given value through its row of the _FIELDS table (convert, range check),
+then the few checks that span two fields.  Defaults live on the dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad config key or value. str() is one line naming the key or flag and what is wrong."""
+
+    def __init__(self, message: str) -> None:
+        # One line is part of the contract (the CLI prints it as is), even when a
+        # value carries a newline of its own.
+        super().__init__(" ".join(message.splitlines()))
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP endpoint. str() is `host:port`, with IPv6 literals bracketed: `[::1]:80`."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+class _Invalid(Exception):
+    """Raised by the converters below; load_config turns it into a ConfigError naming the key."""
+
+    def __init__(self, problem: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it, JSON-quoted so empty or odd strings stay visible."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+# Host names and IPv4 literals; IPv6 literals must come bracketed.
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*)")
+
+
+def _address(value: object) -> Address:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise _Invalid('must be a "HOST:PORT" string')
+    text = value.strip()
+    if "://" in text:
+        raise _Invalid("must be HOST:PORT, not a URL")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise _Invalid("must be [IPV6]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _Invalid(f"{_show(host)} is not an IPv6 address") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise _Invalid("must be HOST:PORT")
+        if not host:
+            raise _Invalid("must name the host (0.0.0.0 or [::] for every address)")
+        if ":" in host:
+            raise _Invalid("needs brackets around an IPv6 address, e.g. [::1]:8080")
+        if not _HOST.fullmatch(host):
+            raise _Invalid(f"{_show(host)} is not a host name or IP address")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise _Invalid("must have a port from 1 to 65535")
+    return Address(host, int(port))
+
+
+def parse_address(text: str, key: str) -> Address:
+    """Parse `host:port` or `[v6]:port`; the host is required and the port is 1..65535.
+
+    Raises:
+        ConfigError: naming `key`, e.g. `listen: must have a port from 1 to 65535, got "h:0"`.
+    """
+    try:
+        return _address(text)
+    except _Invalid as e:
+        raise ConfigError(f"{key}: {e.problem}, got {_show(text)}") from None
+
+
+# --- converters: raw TOML (or flag) value -> typed value, or _Invalid ---------------------
+
+
+def _addresses(value: object) -> tuple[Address, ...]:
+    items = [value] if isinstance(value, (str, Address)) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid()
+    result: list[Address] = []
+    for item in items:
+        address = _address(item)
+        if address in result:
+            raise _Invalid(f"lists {address} twice")
+        result.append(address)
+    return tuple(result)
+
+
+def _admin(value: object) -> Address | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    return _address(value)
+
+
+def _real(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid()
+    if not math.isfinite(value):
+        raise _Invalid()
+    return float(value)
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid()
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid()
+    return value
+
+
+def _number_text(text: str) -> object:
+    """A flag's text as a number; what the number may be is the field's converter's business."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise _Invalid() from None
+
+
+# Bare k/m/g are powers of 1024, as in nginx's `client_max_body_size 1m`; the SI
+# spellings (kB, MB, GB) are powers of 1000 and the IEC ones (KiB, MiB, GiB) of 1024.
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+        if match is None or unit is None:
+            raise _Invalid()
+        return int(Fraction(match.group(1)) * unit)
+    return _integer(value)
+
+
+# RFC 9110 5.6.2 token: what a method or a header field name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _methods(value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise _Invalid()
+    names: list[str] = []
+    for item in items:
+        name = item.strip().upper()
+        if not name and isinstance(value, str):
+            continue  # "GET,HEAD," from a shell script
+        if not _TOKEN.fullmatch(name):
+            raise _Invalid(f"{_show(item)} is not a method name")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise _Invalid("must list at least one method (mirror_percent = 0 turns mirroring off)")
+    if "ALL" in names and len(names) > 1:
+        raise _Invalid('must be "ALL" alone or a list of methods')
+    return tuple(names)
+
+
+def _access_log(value: object) -> str | None:
+    if value is None or value == "off":  # nginx: `access_log off;`
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _Invalid()
+    return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(value: object) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in LOG_LEVELS:
+        raise _Invalid()
+    return value.strip().lower()
+
+
+def _header_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
+        raise _Invalid()
+    return value.strip().lower()  # field names are case-insensitive; match lower-cased
+
+
+def _table(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid()
+    return value
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    convert: Callable[[Any], Any]  # raw value -> typed value; raises _Invalid
+    check: Callable[[Any], bool] | None = None  # range check on the typed value
+    what: str = ""  # "must be {what}": the message for a wrong type or range
+    from_text: Callable[[str], object] | None = None  # a flag's string -> raw value first
+
+
+_SECONDS = "a number of seconds > 0"
+_TIMEOUT = _Field(_real, _positive, _SECONDS, _number_text)
+
+# One row per Config field: how a value is converted and what it may be.
+_FIELDS: dict[str, _Field] = {
+    "listen": _Field(_address, what="HOST:PORT"),
+    "primary": _Field(_address, what="HOST:PORT"),
+    "shadow": _Field(_addresses, what="HOST:PORT or a list of them"),
+    "mirror_percent": _Field(_real, lambda p: 0 <= p <= 100, "a number from 0 to 100", _number_text),
+    "mirror_methods": _Field(_methods, what='a list of HTTP methods, or "ALL"'),
+    "admin": _Field(_admin, what='HOST:PORT or "off"'),
+    "workers": _Field(_integer, _at_least(0), "an integer >= 0 (0 = one per CPU)", _number_text),
+    "queue_size": _Field(_integer, _at_least(1), "an integer >= 1", _number_text),
+    "shadow_timeout": _TIMEOUT,
+    "shadow_concurrency": _Field(_integer, _at_least(1), "an integer >= 1", _number_text),
+    "primary_timeout": _TIMEOUT,
+    "max_mirror_body": _Field(_size, _at_least(0), 'a size in bytes, e.g. 1048576 or "1MiB"'),
+    "shadow_host_suffix": _Field(_boolean, what="true or false"),
+    "access_log": _Field(_access_log, what='a file path, "-" for stdout, or "off"'),
+    "log_level": _Field(_log_level, what="one of " + ", ".join(LOG_LEVELS)),
+    "connect_timeout": _TIMEOUT,
+    "drain_timeout": _Field(_real, _at_least(0), "a number of seconds >= 0", _number_text),
+    "idle_timeout": _TIMEOUT,
+    "max_head_size": _Field(_size, _at_least(1024), 'a size >= 1024 bytes, e.g. 65536 or "64KiB"'),
+    "mirror_key": _Field(_header_name, what="an HTTP header name"),
+    "diff": _Field(_table, what="a table ([diff])"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every effective setting; one field per CONTRACT flag (underscored), then extensions."""
+
+    listen: Address = Address("127.0.0.1", 8080)
+    primary: Address
+    shadow: tuple[Address, ...] = ()
+    # load_config() makes this 0 when there is no shadow, so check-config does not
+    # print a percentage of nothing; 100 otherwise, as Envoy's request_mirror_policies.
+    mirror_percent: float = 100.0
+    # Safe methods only by default: a shadow fed POSTs may write twice to shared state.
+    mirror_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+    admin: Address | None = Address("127.0.0.1", 9901)  # Envoy's admin port
+    workers: int = 1
+    queue_size: int = 1024
+    shadow_timeout: float = 5.0
+    shadow_concurrency: int = 64
+    primary_timeout: float = 15.0
+    max_mirror_body: int = 1 << 20
+    shadow_host_suffix: bool = True
+    access_log: str | None = None
+    log_level: str = "info"
+    # Extensions (not in the CONTRACT).
+    connect_timeout: float = 5.0
+    # How long SIGTERM waits for requests in flight; systemd's TimeoutStopSec defaults to 90 s.
+    drain_timeout: float = 30.0
+    # Idle client keep-alive: nginx keepalive_timeout is 75 s, Envoy's idle_timeout 1 h.
+    idle_timeout: float = 60.0
+    # nginx large_client_header_buffers is 4 x 8 KiB; Envoy max_request_headers_kb 60 KiB.
+    max_head_size: int = 64 << 10
+    mirror_key: str | None = None  # header whose value decides sampling; None = random
+    diff: dict[str, Any] = field(default_factory=dict)  # [diff] table, kept raw for later
+
+    @property
+    def mirror_all_methods(self) -> bool:
+        return self.mirror_methods == ("ALL",)
+
+    @property
+    def effective_workers(self) -> int:
+        """`workers`, with 0 resolved to the CPUs this process may run on (cgroups/affinity)."""
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+
+
+# Checks that span fields: (key reported, holds?, problem).
+_CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
+    ("primary", lambda c: c.primary != c.listen, "must not be the listen address (a loop)"),
+    ("admin", lambda c: c.admin != c.listen, "must not be the listen address"),
+    ("shadow", lambda c: c.primary not in c.shadow,
+     "must not include the primary (it would get every request twice)"),
+)  # fmt: skip
+
+_PRIMARY_REQUIRED = "primary: required (--primary HOST:PORT or primary = ... in the config file)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Given:
+    value: object
+    label: str  # the key or flag to name in errors
+    where: str  # " (in FILE)" or ""
+    from_flag: bool
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(name: str, given: _Given) -> Any:
+    row = _FIELDS[name]
+    try:
+        value = given.value
+        if given.from_flag and row.from_text is not None and isinstance(value, str):
+            value = row.from_text(value)
+        value = row.convert(value)
+        if row.check is not None and not row.check(value):
+            raise _Invalid()
+    except _Invalid as e:
+        problem = e.problem or f"must be {row.what}"
+        raise ConfigError(f"{given.label}: {problem}, got {_show(given.value)}{given.where}") from None
+    return value
+
+
+def _unknown(kind: str, key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.replace("-", "_"), _FIELDS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {kind} {key!r} in {where}{hint}")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load_config(path: str | None, overrides: Mapping[str, object]) -> Config:
+    """Build the effective Config: defaults, then the TOML file at `path`, then `overrides`.
+
+    Args:
+        path: TOML file whose top-level keys are Config field names, or None for no file.
+        overrides: field name -> value, only for the flags the user gave. Strings are
+            parsed as flag text (`"10"` for a number); typed values are taken as in TOML.
+
+    Raises:
+        ConfigError: one line naming the key or flag: unreadable file or bad TOML (with
+            its line), unknown key (with the closest known name), bad value, missing primary.
+    """
+    given: dict[str, _Given] = {}
+    if path is not None:
+        for key, value in _read_toml(path).items():
+            if key not in _FIELDS:
+                kind = "section" if isinstance(value, dict) else "key"
+                raise _unknown(kind, key, path)
+            given[key] = _Given(value, key, f" (in {path})", from_flag=False)
+    for key, value in overrides.items():
+        if key not in _FIELDS:
+            raise _unknown("key", key, "overrides")
+        given[key] = _Given(value, _flag(key), "", from_flag=True)
+
+    values = {name: _convert(name, g) for name, g in given.items()}
+    if "primary" not in values:
+        raise ConfigError(_PRIMARY_REQUIRED)
+    values.setdefault("mirror_percent", 100.0 if values.get("shadow") else 0.0)
+    config = Config(**values)
+
+    for key, holds, problem in _CROSS_CHECKS:
+        if not holds(config):
+            g = given.get(key)
+            label, where = (g.label, g.where) if g else (key, "")
+            shown = _show(_jsonable(getattr(config, key)))
+            raise ConfigError(f"{label}: {problem}, got {shown}{where}")
+    return config
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Address):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML dates in [diff]
+        return value.isoformat()
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Every field's effective value, JSON-able: addresses as `host:port`, None as null."""
+    return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

@@ -1,0 +1,484 @@
+"""One client connection: bytes in, requests to the primary, copies to the mirror.
+
+The protocol is a thin loop over the codec. One exchange runs at a time; bytes of
+pipelined requests wait in a bounded buffer, so responses go back in request order.
+Request bodies stream to the primary as they arrive (and, when sampled, are copied
+up to the mirror body cap); the primary's response streams back byte for byte.
+Flow control is explicit: a slow side pauses reading on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from .codec import (
+    BodyFramer,
+    HttpError,
+    RequestHead,
+    ResponseError,
+    ResponseFramer,
+    error_response,
+    find_head_end,
+    parse_request_head,
+)
+from .mirror import MirrorJob, shadow_request_head
+from .pool import UpstreamConnection
+from .router import BODY_TOO_LARGE, SENT, mirror_decision
+
+log = logging.getLogger("fastmirror.downstream")
+
+# Reasons to stop reading from the client, as bits.
+_BLOCK_UPSTREAM_FULL = 1   # the primary is not taking the request body fast enough
+_BLOCK_PENDING = 2         # still connecting, and enough of the body is waiting
+_BLOCK_PIPELINE = 4        # the next requests are buffered while this one runs
+
+PENDING_LIMIT = 256 * 1024
+PIPELINE_LIMIT = 256 * 1024
+# RFC 9110 §9.2.2: safe to send again when the first try may never have arrived.
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    """asyncio Protocol for one client connection."""
+
+    def __init__(self, ctx) -> None:  # ctx: server.ProxyContext
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.buf = bytearray()
+        self.deadline = 0.0       # idle or primary deadline, checked by the server's sweep
+        self.blocked = 0
+        self.tunnel = False
+        self.seq = 0
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.head: RequestHead | None = None
+        self.body: BodyFramer | None = None     # None once the request body is complete
+        self.upstream: UpstreamConnection | None = None
+        self.pending: list[bytes] | None = None  # request bytes waiting for the connection
+        self.pending_size = 0
+        self.framer: ResponseFramer | None = None
+        self.response_started = False
+        self.bytes_out = 0
+        self.mirror_head = b""
+        self.mirror_body: bytearray | None = None
+        self.mirror_reason = ""
+        self.request_id = ""
+        self.retried = False
+        self.reused = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.registry.connections_active += 1
+        self.deadline = time.monotonic() + ctx.settings.idle_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.tunnel:
+            if self.upstream is not None:
+                self.upstream.write(data)
+            return
+        try:
+            if self.head is None:
+                if self.buf:
+                    self.buf += data
+                    data = bytes(self.buf)
+                    self.buf.clear()
+                self._process(data)
+            elif self.body is not None:
+                n = self._feed_body(data, 0)
+                if n < len(data):
+                    self._buffer_next(data[n:])
+            else:
+                self._buffer_next(data)
+        except HttpError as exc:
+            self._refuse(exc)
+
+    def eof_received(self) -> bool:
+        if self.tunnel and self.upstream is not None and self.upstream.transport is not None:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+                return True
+        if self.head is None or self.body is not None:
+            self._close()  # nothing in progress, or the request can never complete
+            return False
+        # The whole request is in; let its response go out, then close (HTTP/1.0-style).
+        self.keep_alive = False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.registry.connections_active -= 1
+        if self.head is not None and not self.tunnel:
+            self._log(499)  # nginx's code for "client closed the request"
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.pending is not None:
+            self.pending = None
+        self.head = None
+
+    def pause_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _process(self, data: bytes) -> None:
+        """Start the exchange for the request head at the start of data, if complete."""
+        end = find_head_end(data, 0)
+        if end < 0:
+            if len(data) > self.ctx.settings.max_head_size:
+                raise HttpError(431, "request head too large")
+            self.buf += data
+            return
+        if end > self.ctx.settings.max_head_size:
+            raise HttpError(431, "request head too large")
+        self._start_exchange(data if end == len(data) else data[:end])
+        pos = end
+        if self.body is not None and pos < len(data):
+            pos += self._feed_body(data, pos)
+        if pos < len(data):
+            self._buffer_next(data[pos:])
+
+    def _buffer_next(self, data: bytes) -> None:
+        """Keep bytes that belong to later requests until this exchange ends."""
+        self.buf += data
+        if len(self.buf) > PIPELINE_LIMIT:
+            self._block(_BLOCK_PIPELINE)
+
+    def _start_exchange(self, raw: bytes) -> None:
+        head = parse_request_head(raw)
+        ctx = self.ctx
+        s = ctx.settings
+        self.settings = s
+        self.seq += 1
+        self.head = head
+        self.started = time.monotonic()
+        self.deadline = self.started + s.primary_timeout
+        self.framer = ResponseFramer(head.method == b"HEAD")
+        self.keep_alive = head.keep_alive and not ctx.draining
+        ctx.registry.downstream_requests += 1
+        if head.has_body:
+            self.body = BodyFramer(head)
+
+        reason = mirror_decision(s.policy, head)
+        self.mirror_reason = reason
+        if reason == SENT or s.access_log is not None:
+            self.request_id = ctx.ids.new()
+        if reason == SENT:
+            self.mirror_head = shadow_request_head(head.forward, s.host_suffix, self.request_id)
+            if self.body is not None:
+                self.mirror_body = bytearray()
+        elif reason == BODY_TOO_LARGE:
+            for shadow in s.shadows:
+                shadow.mirror_stats.skipped += 1
+
+        conn = s.primary_pool.acquire_idle(self)
+        if conn is not None:
+            self.upstream = conn
+            self.reused = True
+            conn.write(head.forward)
+        else:
+            self.pending = [head.forward]
+            asyncio.get_running_loop().create_task(self._connect_primary(self.seq))
+        if self.body is None:
+            self._request_complete()
+
+    def _feed_body(self, data: bytes, start: int) -> int:
+        assert self.body is not None
+        n = self.body.feed(data, start)
+        if n:
+            self.deadline = time.monotonic() + self.settings.primary_timeout
+            chunk = data if n == len(data) else data[start:start + n]
+            self._to_upstream(chunk)
+            mirror_body = self.mirror_body
+            if mirror_body is not None:
+                if len(mirror_body) + n > self.settings.policy.max_body:
+                    self._abandon_mirror()
+                else:
+                    mirror_body += chunk
+        if self.body.done:
+            self._request_complete()
+        return n
+
+    def _abandon_mirror(self) -> None:
+        """A streamed body outgrew --max-mirror-body: this copy is skipped."""
+        self.mirror_body = None
+        self.mirror_reason = BODY_TOO_LARGE
+        for shadow in self.settings.shadows:
+            shadow.mirror_stats.skipped += 1
+
+    def _to_upstream(self, chunk: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(chunk)
+            return
+        assert self.pending is not None
+        self.pending.append(chunk)
+        self.pending_size += len(chunk)
+        if self.pending_size > PENDING_LIMIT:
+            self._block(_BLOCK_PENDING)
+
+    def _request_complete(self) -> None:
+        """The whole request is on its way to the primary: hand the copy to the shadows."""
+        self.body = None
+        if self.mirror_reason != SENT:
+            return
+        data = self.mirror_head
+        if self.mirror_body:
+            data += self.mirror_body
+        self.mirror_body = None
+        assert self.head is not None
+        job = MirrorJob(data, self.head.method == b"HEAD", self.request_id)
+        outcomes = [shadow.submit(job) for shadow in self.settings.shadows]
+        if outcomes and outcomes.count(outcomes[0]) != len(outcomes):
+            self.mirror_reason = ",".join(outcomes)
+        else:
+            self.mirror_reason = outcomes[0] if outcomes else SENT
+
+    async def _connect_primary(self, seq: int) -> None:
+        pool = self.settings.primary_pool
+        try:
+            conn = await pool.connect(self)
+        except (OSError, asyncio.TimeoutError) as exc:
+            if seq == self.seq and self.head is not None and not self.closed:
+                log.warning("primary %s: connect failed: %s", pool.address,
+                            exc or type(exc).__name__)
+                self._primary_failed(502, "primary unreachable")
+            return
+        if seq != self.seq or self.head is None or self.closed:
+            pool.release(conn)  # this exchange is gone; the connection is clean
+            return
+        self.upstream = conn
+        pending, self.pending = self.pending, None
+        for chunk in pending or ():
+            conn.write(chunk)
+        self.pending_size = 0
+        self._unblock(_BLOCK_PENDING)
+
+    # -- the primary's response (UpstreamHandler) ------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.tunnel:
+            self.transport.write(data)
+            return
+        framer = self.framer
+        try:
+            out = framer.feed(data)
+        except ResponseError as exc:
+            log.warning("primary %s: %s", self.settings.primary_pool.address, exc)
+            self._primary_failed(502, "bad response from primary")
+            return
+        if out:
+            self.response_started = True
+            self.transport.write(out)
+            self.bytes_out += len(out)
+        if framer.done:
+            self._response_done()
+        else:  # the timeout is between reads once the response has begun
+            self.deadline = time.monotonic() + self.settings.primary_timeout
+
+    def upstream_eof(self) -> None:
+        if self.tunnel:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            return
+        try:
+            self.framer.eof()
+        except ResponseError:
+            self._upstream_broken()
+            return
+        self._response_done()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.tunnel:
+            self._close()
+        elif self.head is not None and not self.framer.done:
+            self._upstream_broken()
+
+    def upstream_pause_writing(self) -> None:
+        self._block(_BLOCK_UPSTREAM_FULL)
+
+    def upstream_resume_writing(self) -> None:
+        self._unblock(_BLOCK_UPSTREAM_FULL)
+
+    def _response_done(self) -> None:
+        framer = self.framer
+        head = self.head
+        s = self.settings
+        s.primary_stats.observe(time.monotonic() - self.started, framer.status)
+        self._log(framer.status)
+        conn, self.upstream = self.upstream, None
+        if framer.upgraded:
+            self._start_tunnel(conn)
+            return
+        request_incomplete = self.body is not None or self.pending is not None
+        if conn is not None:
+            conn.handler = None
+            if framer.close or request_incomplete or head.upgrade:
+                conn.close()
+            else:
+                conn.pool.release(conn)
+        if request_incomplete or not self.keep_alive:
+            self._close()  # an early answer leaves the rest of the body unread: close
+            return
+        self._reset_exchange()
+        self.deadline = time.monotonic() + s.idle_timeout
+        self._unblock(_BLOCK_PIPELINE | _BLOCK_UPSTREAM_FULL)
+        if self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            try:
+                self._process(data)
+            except HttpError as exc:
+                self._refuse(exc)
+
+    def _start_tunnel(self, conn: UpstreamConnection | None) -> None:
+        """After a 101, bytes flow both ways untouched until either side closes."""
+        if conn is None:
+            self._close()
+            return
+        self.tunnel = True
+        self.upstream = conn
+        self.deadline = 0.0
+        self._unblock(_BLOCK_PIPELINE | _BLOCK_UPSTREAM_FULL | _BLOCK_PENDING)
+        if self.buf:
+            conn.write(bytes(self.buf))
+            self.buf.clear()
+
+    def _upstream_broken(self) -> None:
+        """The primary closed or reset before the response ended."""
+        head = self.head
+        if (self.reused and not self.retried and not self.response_started
+                and head is not None and not head.has_body and head.method in IDEMPOTENT):
+            # The pooled connection was closed by the primary as we reused it: the
+            # request cannot have been processed, so send it once more on a new one.
+            self.retried = True
+            self.reused = False
+            if self.upstream is not None:
+                self.upstream.close()
+            self.upstream = None
+            self.pending = [head.forward]
+            self.framer = ResponseFramer(head.method == b"HEAD")
+            asyncio.get_running_loop().create_task(self._connect_primary(self.seq))
+            return
+        self._primary_failed(502, "primary closed the connection")
+
+    def _primary_failed(self, status: int, detail: str) -> None:
+        """Answer status if nothing was sent yet, else cut the client off."""
+        s = self.settings
+        s.primary_stats.error()
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.pending = None
+        if not self.response_started and self.transport is not None and not self.closed:
+            self.ctx.registry.downstream_error(status)
+            body = error_response(status, detail)
+            self.transport.write(body)
+            self.bytes_out = len(body)
+            self._log(status)
+        else:
+            self._log(self.framer.status if self.framer else 502)
+        self.head = None
+        self._close()
+
+    # -- errors, timeouts, shutdown -------------------------------------------------------
+
+    def _refuse(self, exc: HttpError) -> None:
+        """Bad input from the client: a clear 4xx, then close (never forwarded)."""
+        if self.upstream is not None:  # part of a bad request may have gone upstream
+            self.upstream.close()
+            self.upstream = None
+        self.pending = None
+        self.ctx.registry.downstream_error(exc.status)
+        if not self.response_started and self.transport is not None and not self.closed:
+            self.transport.write(error_response(exc.status, exc.reason))
+        if self.ctx.settings.access_log is not None:
+            self.bytes_out = 0
+            if self.head is None:
+                self.started = time.monotonic()
+            self._log(exc.status)
+        self.head = None
+        self._close()
+
+    def sweep(self, now: float) -> None:
+        """Called by the server a few times a second: enforce idle and primary timeouts."""
+        if not self.deadline or now < self.deadline or self.closed:
+            return
+        if self.head is None:
+            self._close()  # idle keep-alive connection
+        else:
+            self._primary_failed(504, "primary timed out")
+
+    def shutdown(self) -> None:
+        """Drain: close now when idle, else after the response in flight."""
+        self.keep_alive = False
+        if self.head is None and not self.tunnel:
+            self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.deadline = 0.0
+        if self.tunnel and self.upstream is not None:
+            self.upstream.close()
+        if self.transport is not None:
+            self.transport.close()  # flushes what was written, then closes
+
+    def _block(self, reason: int) -> None:
+        if not self.blocked and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.blocked |= reason
+
+    def _unblock(self, reasons: int) -> None:
+        if self.blocked and not (self.blocked & ~reasons):
+            self.blocked = 0
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+        else:
+            self.blocked &= ~reasons
+
+    def _log(self, status: int) -> None:
+        access_log = self.ctx.settings.access_log
+        if access_log is None:
+            return
+        head = self.head
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        access_log.log({
+            "time": time.time(),
+            "client": f"{peer[0]}:{peer[1]}" if peer else "",
+            "method": head.method.decode("latin-1") if head else "",
+            "path": head.target.decode("latin-1") if head else "",
+            "status": status,
+            "bytes": self.bytes_out,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+            "id": self.request_id,
+            "mirror": self.mirror_reason or "none",
+            "upstream": self.ctx.settings.primary_pool.address,
+        })

@@ -1,0 +1,88 @@
+"""Mirror copies and the per-shadow bounded queue that drops instead of waiting.
+
+A copy is built once per mirrored request (the primary's head with Host rewritten
+and the two marker headers added, then the body as received) and shared by every
+shadow. The queue never blocks its producer: when it is full the copy is dropped
+and counted, which is the whole promise that a shadow cannot slow the client.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+from .hotpath import shadow_head
+from .metrics import MirrorStats
+
+SHADOW_MARKER = b"x-fastmirror-shadow: 1\r\nx-fastmirror-id: "
+
+
+class RequestIds:
+    """Process-unique request ids: a random per-process prefix and a counter.
+
+    Cheaper than uuid4 per request, and still unique across workers and restarts.
+    """
+
+    __slots__ = ("_prefix", "_next")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(4).hex()
+        self._next = 0
+
+    def new(self) -> str:
+        self._next += 1
+        return "%s%08x" % (self._prefix, self._next & 0xFFFFFFFF)
+
+
+class MirrorJob:
+    """One request as the shadows will receive it."""
+
+    __slots__ = ("data", "head_request", "request_id")
+
+    def __init__(self, data: bytes, head_request: bool, request_id: str) -> None:
+        self.data = data
+        self.head_request = head_request
+        self.request_id = request_id
+
+
+def shadow_request_head(forward_head: bytes, host_suffix: bytes, request_id: str) -> bytes:
+    """The primary's head with Host `name-shadow[:port]` and the marker headers."""
+    extra = SHADOW_MARKER + request_id.encode() + b"\r\n"
+    return shadow_head(forward_head, host_suffix, extra)
+
+
+class MirrorQueue:
+    """Jobs waiting for a free slot of one shadow; full means drop."""
+
+    __slots__ = ("_jobs", "maxsize", "stats")
+
+    def __init__(self, maxsize: int, stats: MirrorStats) -> None:
+        self._jobs: deque[MirrorJob] = deque()
+        self.maxsize = maxsize
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def offer(self, job: MirrorJob) -> bool:
+        """Queue job, or drop it (counted) when the queue is full."""
+        if len(self._jobs) >= self.maxsize:
+            self.stats.dropped += 1
+            return False
+        self._jobs.append(job)
+        self.stats.depth = len(self._jobs)
+        return True
+
+    def take(self) -> MirrorJob | None:
+        if not self._jobs:
+            return None
+        job = self._jobs.popleft()
+        self.stats.depth = len(self._jobs)
+        return job
+
+    def clear(self) -> int:
+        """Forget every waiting job (shutdown); return how many were waiting."""
+        n = len(self._jobs)
+        self._jobs.clear()
+        self.stats.depth = 0
+        return n

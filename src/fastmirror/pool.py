@@ -1,0 +1,153 @@
+"""Upstream connections and their keep-alive pools, shared by primary and shadows.
+
+A connection is an asyncio Protocol that forwards every event to the handler that
+holds it (one exchange at a time); an idle connection has no handler and any byte
+or close it sees retires it. Callbacks, not coroutines, so a pooled request costs
+no task. Connecting is the one awaited step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Protocol
+
+
+class UpstreamHandler(Protocol):
+    """What an exchange implements to receive its upstream connection's events."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_eof(self) -> None: ...
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "handler", "idle_since", "closed")
+
+    def __init__(self, pool: "UpstreamPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.handler: UpstreamHandler | None = None
+        self.idle_since = 0.0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.upstream_data(data)
+        else:
+            self.close()  # an idle upstream must not speak
+
+    def eof_received(self) -> bool:
+        if self.handler is not None:
+            self.handler.upstream_eof()
+        else:
+            self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.upstream_resume_writing()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        """Close now, dropping anything unsent; the handler is not told."""
+        self.handler = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream, most recently used first."""
+
+    # nginx's `keepalive` directive keeps 32 idle connections per worker by default in
+    # common configs; the shadow side sizes this to its concurrency cap instead.
+    def __init__(self, host: str, port: int, connect_timeout: float,
+                 max_idle: int = 256, idle_timeout: float = 50.0) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        # Below the 60-75 s keep-alive timeouts of nginx and Envoy upstreams, so we
+        # retire a connection before the upstream closes it under a request.
+        self.idle_timeout = idle_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.closed = False
+
+    def acquire_idle(self, handler: UpstreamHandler) -> UpstreamConnection | None:
+        """Take the freshest idle connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.handler = handler
+                return conn
+        return None
+
+    async def connect(self, handler: UpstreamHandler) -> UpstreamConnection:
+        """Open a new connection for handler.
+
+        Raises:
+            OSError: connect failed; asyncio.TimeoutError: no connection in time.
+        """
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self)
+        async with asyncio.timeout(self.connect_timeout):
+            await loop.create_connection(lambda: conn, self.host, self.port)
+        conn.handler = handler
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection whose exchange ended cleanly."""
+        conn.handler = None
+        if conn.closed:
+            return
+        if self.closed or len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than idle_timeout (oldest are first)."""
+        idle = self.idle
+        limit = now - self.idle_timeout
+        stale = 0
+        while stale < len(idle) and (idle[stale].closed or idle[stale].idle_since < limit):
+            idle[stale].close()
+            stale += 1
+        if stale:
+            del idle[:stale]
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()

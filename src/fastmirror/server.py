@@ -1,0 +1,282 @@
+"""One worker's lifetime: event loop, listener, admin, timers, signals.
+
+`serve()` runs the proxy until SIGTERM/SIGINT, then drains: stop accepting, answer
+`/ready` with 503, let requests in flight finish (up to the drain timeout), exit 0.
+SIGHUP re-reads the config file and swaps the settings new requests use; requests
+in flight keep the settings they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+import uvloop
+
+from . import __version__
+from .config import Config, ConfigError, config_to_dict, load_config
+from .downstream import DownstreamProtocol
+from .hotpath import CORE_IMPL
+from .listener import bind_listener
+from .logs import AccessLog
+from .metrics import Registry
+from .mirror import RequestIds
+from .pool import UpstreamPool
+from .router import MirrorPolicy
+from .shadow import ShadowTarget
+
+log = logging.getLogger("fastmirror")
+
+SWEEP_INTERVAL = 0.25  # timeouts are enforced to within this
+
+
+class Settings:
+    """What requests read from the config, built once per load, never per request."""
+
+    def __init__(self, config: Config, registry: Registry, mirror_percent: float,
+                 previous: "Settings | None" = None) -> None:
+        self.config = config
+        self.primary_timeout = config.primary_timeout
+        self.idle_timeout = config.idle_timeout
+        self.max_head_size = config.max_head_size
+        self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
+        primary = config.primary
+        old_pool = previous.primary_pool if previous else None
+        if old_pool is not None and old_pool.address == str(primary):
+            old_pool.connect_timeout = config.connect_timeout
+            self.primary_pool = old_pool
+        else:
+            self.primary_pool = UpstreamPool(primary.host, primary.port, config.connect_timeout)
+        self.primary_stats = registry.upstream("primary", self.primary_pool.address)
+        old_shadows = {s.address: s for s in previous.shadows} if previous else {}
+        self.shadows: list[ShadowTarget] = []
+        for addr in config.shadow:
+            target = old_shadows.pop(str(addr), None)
+            if target is None:
+                target = ShadowTarget(
+                    addr.host, addr.port, queue_size=config.queue_size,
+                    concurrency=config.shadow_concurrency, timeout=config.shadow_timeout,
+                    connect_timeout=config.connect_timeout,
+                    stats=registry.upstream("shadow", str(addr)),
+                    mirror_stats=registry.mirror(str(addr)))
+            else:
+                target.queue.maxsize = config.queue_size
+                target.concurrency = config.shadow_concurrency
+                target.timeout = config.shadow_timeout
+            self.shadows.append(target)
+        self.retired = list(old_shadows.values())
+        self.access_log: AccessLog | None = None
+        self.set_mirror_percent(mirror_percent)
+
+    def set_mirror_percent(self, percent: float) -> None:
+        c = self.config
+        self.mirror_percent = percent
+        self.policy = MirrorPolicy.build(percent, c.mirror_methods, c.mirror_key,
+                                         c.max_mirror_body, bool(self.shadows))
+
+
+class ProxyContext:
+    """Shared by every connection of one worker: the settings and the live state."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.registry = registry
+        self.settings = Settings(config, registry, config.mirror_percent)
+        self.connections: set[DownstreamProtocol] = set()
+        self.ids = RequestIds()
+        self.draining = False
+        registry.mirror_percent = config.mirror_percent
+
+
+class Runtime:
+    """What the admin endpoint reads and sets (see admin.py)."""
+
+    def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None):
+        self.ctx = ctx
+        self._on_percent = on_percent
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.settings.config
+
+    def config_dict(self) -> dict[str, Any]:
+        d = config_to_dict(self.config)
+        d["mirror_percent"] = self.mirror_percent
+        return d
+
+    @property
+    def mirror_percent(self) -> float:
+        return self.ctx.settings.mirror_percent
+
+    def set_mirror_percent(self, percent: float) -> None:
+        self.ctx.settings.set_mirror_percent(percent)
+        self.ctx.registry.mirror_percent = percent
+        if self._on_percent is not None:
+            self._on_percent(percent)
+
+    @property
+    def draining(self) -> bool:
+        return self.ctx.draining
+
+    def render_metrics(self) -> bytes:
+        return self.ctx.registry.render()
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+class Worker:
+    """Runs one proxy process; `run()` returns the exit code."""
+
+    def __init__(self, config: Config, config_path: str | None,
+                 overrides: dict[str, object] | None = None, *,
+                 listen_sock: socket.socket | None = None, admin: bool = True,
+                 notify: bool = True) -> None:
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.registry = Registry(version=__version__, core=CORE_IMPL)
+        self.ctx = ProxyContext(config, self.registry)
+        self.runtime = Runtime(self.ctx)
+        self.listen_sock = listen_sock
+        self.admin_enabled = admin
+        self.notify = notify
+        self.stop_requested: asyncio.Event | None = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_requested = asyncio.Event()
+        config = self.ctx.settings.config
+        self._open_access_log(config)
+        sock = self.listen_sock or bind_listener(config.listen, reuse_port=False)
+        server = await loop.create_server(lambda: DownstreamProtocol(self.ctx), sock=sock,
+                                          backlog=sock_backlog())
+        admin_server = None
+        if self.admin_enabled and config.admin is not None:
+            from .admin import start_admin
+            admin_server = await start_admin(self.runtime, config.admin.host, config.admin.port)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sweeper = loop.create_task(self._sweep_forever())
+        log.info("fastmirror %s (core: %s) listening on %s, primary %s, shadows %s at %g%%",
+                 __version__, CORE_IMPL, config.listen, config.primary,
+                 ", ".join(map(str, config.shadow)) or "none", config.mirror_percent)
+        if self.notify:
+            sd_notify("READY=1")
+        await self.stop_requested.wait()
+        if self.notify:
+            sd_notify("STOPPING=1")
+        await self._drain(server, config.drain_timeout)
+        sweeper.cancel()
+        if admin_server is not None:
+            admin_server.close()
+        self._close_all()
+        return 0
+
+    async def _drain(self, server: asyncio.AbstractServer, timeout: float) -> None:
+        ctx = self.ctx
+        ctx.draining = True
+        server.close()  # stop accepting; the listening socket closes
+        for conn in list(ctx.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + timeout
+        while ctx.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if ctx.connections:
+            log.warning("drain timeout: closing %d connections", len(ctx.connections))
+            for conn in list(ctx.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        log.info("drained, exiting")
+
+    async def _sweep_forever(self) -> None:
+        ctx = self.ctx
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for conn in list(ctx.connections):
+                conn.sweep(now)
+            s = ctx.settings
+            s.primary_pool.sweep(now)
+            for shadow in s.shadows:
+                shadow.sweep(now)
+            for shadow in s.retired:
+                shadow.sweep(now)
+            s.retired = [t for t in s.retired if t.active or len(t.queue)]
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; new requests use it, in-flight ones finish."""
+        if self.config_path is None:
+            log.info("SIGHUP: no config file to reload")
+            if self.ctx.settings.access_log is not None:
+                self.ctx.settings.access_log.reopen()
+            return
+        try:
+            config = load_config(self.config_path, self.overrides)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        old = self.ctx.settings
+        if config.listen != old.config.listen:
+            log.warning("SIGHUP: listen address changes need a restart; keeping %s",
+                        old.config.listen)
+        new = Settings(config, self.registry, config.mirror_percent, previous=old)
+        new.access_log = old.access_log
+        self.ctx.settings = new
+        self.registry.mirror_percent = config.mirror_percent
+        self._open_access_log(config, old.config.access_log)
+        for shadow in new.retired:
+            shadow.close()
+        new.retired = []
+        log.info("SIGHUP: config reloaded from %s", self.config_path)
+
+    def _open_access_log(self, config: Config, previous: str | None = None) -> None:
+        s = self.ctx.settings
+        if s.access_log is not None and config.access_log == previous:
+            s.access_log.reopen()  # logrotate: same path, new file
+            return
+        if s.access_log is not None:
+            s.access_log.close()
+            s.access_log = None
+        if config.access_log:
+            s.access_log = AccessLog(config.access_log)
+            registry = self.registry
+            access_log = s.access_log
+            registry.on_collect.append(
+                lambda reg: setattr(reg, "access_log_dropped", access_log.dropped))
+
+    def _close_all(self) -> None:
+        s = self.ctx.settings
+        s.primary_pool.close()
+        for shadow in s.shadows:
+            shadow.close()
+        if s.access_log is not None:
+            s.access_log.close()
+
+
+def sock_backlog() -> int:
+    """The kernel caps it at net.core.somaxconn anyway; nginx uses 511, Envoy 1024."""
+    return 1024
+
+
+def serve(config: Config, config_path: str | None, overrides: dict[str, object] | None = None,
+          **worker_options: Any) -> int:
+    """Run one proxy process on uvloop until it is told to stop; return the exit code."""
+    worker = Worker(config, config_path, overrides, **worker_options)
+    return uvloop.run(worker.run())

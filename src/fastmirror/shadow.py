@@ -1,0 +1,210 @@
+"""Sending mirror copies to one shadow, fire-and-forget.
+
+Each shadow has its own queue, pool, cap on requests in flight and timeout. A copy
+is written, its response read to the end (and measured), then discarded. Nothing in
+here can reach a client: every failure is counted and contained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .codec import ResponseError, ResponseFramer
+from .metrics import MirrorStats, UpstreamStats
+from .mirror import MirrorJob, MirrorQueue
+from .pool import UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("fastmirror.shadow")
+
+# After a failed connect the shadow is not tried again for a while, doubling up to
+# the cap: a dead shadow must cost the proxy a counter increment per copy, not a
+# connect() syscall (Envoy loses half its throughput to a dead shadow for lack of this).
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+
+
+class ShadowTarget:
+    """One shadow upstream: queue, pool, in-flight cap, timeout, stats."""
+
+    def __init__(self, host: str, port: int, *, queue_size: int, concurrency: int,
+                 timeout: float, connect_timeout: float,
+                 stats: UpstreamStats, mirror_stats: MirrorStats) -> None:
+        self.address = f"{host}:{port}"
+        self.pool = UpstreamPool(host, port, min(connect_timeout, timeout),
+                                 max_idle=concurrency)
+        self.queue = MirrorQueue(queue_size, mirror_stats)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.stats = stats
+        self.mirror_stats = mirror_stats
+        self.active: set[ShadowExchange] = set()
+        self._connect_failures = 0
+        self._down_until = 0.0
+        self.closed = False
+
+    def submit(self, job: MirrorJob) -> str:
+        """Send now if a slot is free, else queue, else drop; return what happened.
+
+        Returns "sent" (started or queued), "dropped" (queue full) or "shadow-down"
+        (connects are failing: counted as failed without trying).
+        """
+        if self._down_until and time.monotonic() < self._down_until:
+            self.mirror_stats.failed += 1
+            self.stats.error()
+            return "shadow-down"
+        if len(self.active) < self.concurrency and not len(self.queue):
+            self._start(job)
+            return "sent"
+        return "sent" if self.queue.offer(job) else "dropped"
+
+    def _start(self, job: MirrorJob) -> None:
+        exchange = ShadowExchange(self, job)
+        self.active.add(exchange)
+        conn = self.pool.acquire_idle(exchange)
+        if conn is not None:
+            exchange.send(conn, reused=True)
+        else:
+            asyncio.get_running_loop().create_task(self._connect(exchange))
+
+    async def _connect(self, exchange: "ShadowExchange") -> None:
+        try:
+            conn = await self.pool.connect(exchange)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._note_connect_failure(exc)
+            exchange.fail()
+            return
+        self._connect_failures = 0
+        self._down_until = 0.0
+        if exchange.finished:  # timed out while connecting; keep the connection
+            self.pool.release(conn)
+            return
+        exchange.send(conn, reused=False)
+
+    def _note_connect_failure(self, exc: BaseException) -> None:
+        self._connect_failures += 1
+        backoff = min(BACKOFF_FIRST * (2 ** (self._connect_failures - 1)), BACKOFF_MAX)
+        self._down_until = time.monotonic() + backoff
+        if self._connect_failures in (1, 10, 100) or self._connect_failures % 1000 == 0:
+            log.warning("shadow %s: connect failed (%s); %d in a row, next try in %.2fs",
+                        self.address, exc or type(exc).__name__, self._connect_failures, backoff)
+
+    def finished(self, exchange: "ShadowExchange") -> None:
+        """An exchange ended (either way): free its slot and start waiting jobs."""
+        self.active.discard(exchange)
+        queue = self.queue
+        while len(self.active) < self.concurrency and len(queue) and not self.closed:
+            job = queue.take()
+            assert job is not None
+            if self._down_until and time.monotonic() < self._down_until:
+                self.mirror_stats.failed += 1
+                self.stats.error()
+                continue
+            self._start(job)
+
+    def sweep(self, now: float) -> None:
+        """Time out exchanges past their deadline; retire stale idle connections."""
+        for exchange in [e for e in self.active if e.deadline <= now]:
+            exchange.fail()
+        self.pool.sweep(now)
+
+    def close(self) -> None:
+        self.closed = True
+        dropped = self.queue.clear()
+        self.mirror_stats.dropped += dropped
+        for exchange in list(self.active):
+            exchange.fail()
+        self.pool.close()
+
+
+class ShadowExchange:
+    """One copy on its way to the shadow and its response on the way back."""
+
+    __slots__ = ("target", "job", "conn", "framer", "started", "deadline",
+                 "finished", "reused", "got_bytes")
+
+    def __init__(self, target: ShadowTarget, job: MirrorJob) -> None:
+        self.target = target
+        self.job = job
+        self.conn: UpstreamConnection | None = None
+        self.framer = ResponseFramer(job.head_request)
+        self.started = time.monotonic()
+        self.deadline = self.started + target.timeout
+        self.finished = False
+        self.reused = False
+        self.got_bytes = False
+
+    def send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.write(self.job.data)
+
+    # UpstreamHandler
+    def upstream_data(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.framer.feed(data)
+        except ResponseError:
+            self.fail()
+            return
+        if self.framer.done:
+            self._succeed()
+
+    def upstream_eof(self) -> None:
+        try:
+            self.framer.eof()
+        except ResponseError:
+            self._lost()
+            return
+        self._succeed()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self._lost()
+
+    def upstream_pause_writing(self) -> None:
+        pass  # the copy is already in memory; the in-flight cap bounds the total
+
+    def upstream_resume_writing(self) -> None:
+        pass
+
+    def _lost(self) -> None:
+        """The connection ended before the response did."""
+        if self.reused and not self.got_bytes and not self.finished:
+            # A pooled connection the shadow had just closed: retry once on a new one.
+            self._detach(reuse=False)
+            self.reused = False
+            asyncio.get_running_loop().create_task(self.target._connect(self))
+            return
+        self.fail()
+
+    def _succeed(self) -> None:
+        if self.finished:
+            return
+        target = self.target
+        target.mirror_stats.sent += 1
+        target.stats.observe(time.monotonic() - self.started, self.framer.status)
+        self._detach(reuse=not self.framer.close)
+        self._end()
+
+    def fail(self) -> None:
+        if self.finished:
+            return
+        self.target.mirror_stats.failed += 1
+        self.target.stats.error()
+        self._detach(reuse=False)
+        self._end()
+
+    def _detach(self, reuse: bool) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if reuse:
+            self.target.pool.release(conn)
+        else:
+            conn.close()
+
+    def _end(self) -> None:
+        self.finished = True
+        self.target.finished(self)

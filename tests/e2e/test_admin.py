@@ -1,0 +1,385 @@
+"""Admin endpoint over real sockets on 127.0.0.1: every endpoint, errors, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvloop
+
+from fastmirror import admin
+from fastmirror.admin import start_admin
+from fastmirror.metrics import Registry
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self.mirror_percent = 100.0
+        self.draining = False
+        self.registry = Registry(version="test", core="python")
+        self.registry.mirror("127.0.0.1:9001").sent = 3
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"listen": "127.0.0.1:8080", "primary": "127.0.0.1:9000", "shadow": ["127.0.0.1:9001"]}
+
+    def set_mirror_percent(self, p: float) -> None:
+        self.mirror_percent = p
+
+    def render_metrics(self) -> bytes:
+        self.registry.mirror_percent = self.mirror_percent
+        return self.registry.render()
+
+
+class AsyncRuntime(FakeRuntime):
+    """A parent-process runtime whose calls are coroutines."""
+
+    async def render_metrics(self) -> bytes:  # type: ignore[override]
+        await asyncio.sleep(0.01)
+        return b"# async\n"
+
+    async def set_mirror_percent(self, p: float) -> None:  # type: ignore[override]
+        await asyncio.sleep(0.01)
+        if p == 42:
+            raise ValueError("42 is not allowed here")
+        self.mirror_percent = p
+
+
+class AdminServer:
+    """The admin server on its own event loop in a thread."""
+
+    def __init__(self, runtime: Any, loop_kind: str = "asyncio") -> None:
+        self.runtime = runtime
+        self.loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(start_admin(runtime, "127.0.0.1", 0), self.loop).result(5)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def _close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(_close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def server(request: pytest.FixtureRequest, runtime: FakeRuntime) -> Iterator[AdminServer]:
+    srv = AdminServer(runtime, request.param)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: AdminServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=5) as c:
+        yield c
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, half-close, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_metrics(client: httpx.Client) -> None:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert 'fastmirror_mirror_requests_total{outcome="sent",upstream="127.0.0.1:9001"} 3.0' in r.text
+    assert "fastmirror_mirror_percent 100.0" in r.text
+
+
+def test_healthz(client: httpx.Client) -> None:
+    r = client.get("/healthz")
+    assert (r.status_code, r.text) == (200, "ok")
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_ready_and_draining(client: httpx.Client, runtime: FakeRuntime) -> None:
+    r = client.get("/ready")
+    assert (r.status_code, r.text) == (200, "ready")
+    runtime.draining = True
+    r = client.get("/ready")
+    assert (r.status_code, r.text) == (503, "draining")
+    # Everything else keeps answering while draining.
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_config(client: httpx.Client, runtime: FakeRuntime) -> None:
+    r = client.get("/config")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == runtime.config_dict()
+
+
+def test_get_mirror(client: httpx.Client) -> None:
+    r = client.get("/mirror")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"percent": 100.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "expected"),
+    [
+        ("PUT", {"params": {"percent": "12.5"}}, 12.5),
+        ("PUT", {"params": {"percent": "0"}}, 0.0),
+        ("POST", {"params": {"percent": "100"}}, 100.0),
+        ("PUT", {"content": orjson.dumps({"percent": 7})}, 7.0),
+        ("POST", {"content": orjson.dumps({"percent": 0.5})}, 0.5),
+    ],
+)
+def test_set_mirror(
+    client: httpx.Client, runtime: FakeRuntime, method: str, kwargs: dict[str, Any], expected: float
+) -> None:
+    r = client.request(method, "/mirror", **kwargs)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"percent": expected}
+    assert runtime.mirror_percent == expected
+    assert client.get("/mirror").json() == {"percent": expected}
+    assert f"fastmirror_mirror_percent {expected}" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"params": {"percent": "101"}},
+        {"params": {"percent": "-1"}},
+        {"params": {"percent": "abc"}},
+        {"params": {"percent": "nan"}},
+        {"params": {"percent": "inf"}},
+        {"params": {"percent": ""}},
+        {"params": [("percent", "1"), ("percent", "2")]},
+        {},
+        {"content": b"not json"},
+        {"content": b'{"pct": 5}'},
+        {"content": b'{"percent": true}'},
+        {"content": b'{"percent": null}'},
+        {"content": b"[5]"},
+    ],
+)
+def test_set_mirror_bad(client: httpx.Client, runtime: FakeRuntime, kwargs: dict[str, Any]) -> None:
+    r = client.put("/mirror", **kwargs)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+    assert runtime.mirror_percent == 100.0
+
+
+def test_not_found(client: httpx.Client) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404
+    assert "error" in r.json()
+    assert client.get("/metrics/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/metrics", "GET, HEAD"),
+        ("DELETE", "/healthz", "GET, HEAD"),
+        ("PUT", "/ready", "GET, HEAD"),
+        ("PUT", "/config", "GET, HEAD"),
+        ("DELETE", "/mirror", "GET, HEAD, PUT, POST"),
+    ],
+)
+def test_method_not_allowed(client: httpx.Client, method: str, path: str, allow: str) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 405
+    assert r.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/ready", "/config", "/mirror"])
+def test_head(client: httpx.Client, path: str) -> None:
+    get = client.get(path)
+    head = client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    if path == "/metrics":  # process CPU/RSS values change between the two scrapes
+        assert int(head.headers["content-length"]) > 0
+    else:
+        assert head.headers["content-length"] == str(len(get.content))
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_query_ignored_on_get(client: httpx.Client) -> None:
+    assert client.get("/healthz?x=1").text == "ok"
+
+
+def test_keep_alive_two_requests_one_connection(server: AdminServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        f = s.makefile("rb")
+        for path, body in ((b"/healthz", b"ok"), (b"/ready", b"ready")):
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert f.readline() == b"HTTP/1.1 200 OK\r\n"
+            headers = {}
+            while (line := f.readline()) != b"\r\n":
+                k, _, v = line.decode().partition(":")
+                headers[k.lower()] = v.strip()
+            assert f.read(int(headers["content-length"])) == body
+            assert "close" not in headers.get("connection", "")
+
+
+def test_keep_alive_httpx_reuses_connection(client: httpx.Client) -> None:
+    ports = set()
+    for _ in range(3):
+        r = client.get("/healthz", extensions={})
+        assert r.status_code == 200
+        stream = r.extensions["network_stream"]
+        ports.add(stream.get_extra_info("client_addr")[1])
+    assert len(ports) == 1
+
+
+def test_pipelined_requests(server: AdminServer) -> None:
+    out = raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == 4
+    assert out.endswith(b"ready")
+
+
+def test_connection_close_honoured(server: AdminServer) -> None:
+    out = raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"\r\n\r\nok")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status_line"),
+    [
+        (b"GARBAGE\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 Bad Request"),  # no Host
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request",
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", b"HTTP/1.1 501 Not Implemented"),
+    ],
+)
+def test_malformed_request_rejected_and_closed(server: AdminServer, request_bytes: bytes, status_line: bytes) -> None:
+    out = raw(server.port, request_bytes)
+    assert out.startswith(status_line + b"\r\n")
+    assert b"connection: close" in out.lower()
+    assert b'"error"' in out
+
+
+def test_malformed_after_good_request(server: AdminServer) -> None:
+    out = raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 400 Bad Request\r\n" in out
+
+
+def test_head_too_large_is_rejected(server: AdminServer) -> None:
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (admin.MAX_HEAD + 10) + b"\r\n\r\n"
+    out = raw(server.port, big)
+    assert out.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    # Trickled in, h11's own limit catches it before the head is complete.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(big[: admin.MAX_HEAD // 2])
+        s.sendall(big[admin.MAX_HEAD // 2 : -4])
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 431 ")
+
+
+def test_body_too_large_413(server: AdminServer) -> None:
+    n = admin.MAX_BODY + 1
+    out = raw(server.port, b"PUT /mirror HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % n + b"x" * n)
+    assert out.startswith(b"HTTP/1.1 413 ")
+
+
+def test_half_closed_client_still_gets_answer(server: AdminServer) -> None:
+    out = raw(server.port, b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"ready")
+
+
+def test_idle_connection_closed(server: AdminServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin, "IDLE_TIMEOUT", 0.2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert s.recv(100) == b""
+
+
+def test_async_runtime() -> None:
+    rt = AsyncRuntime()
+    srv = AdminServer(rt)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=5) as c:
+            assert c.get("/metrics").content == b"# async\n"
+            assert c.put("/mirror", params={"percent": 5}).json() == {"percent": 5.0}
+            r = c.put("/mirror", params={"percent": 42})
+            assert r.status_code == 400 and "42" in r.json()["error"]
+            assert rt.mirror_percent == 5.0
+    finally:
+        srv.stop()
+
+
+def test_handler_exception_is_500(server: AdminServer, runtime: FakeRuntime, client: httpx.Client) -> None:
+    def boom() -> bytes:
+        raise RuntimeError("boom")
+
+    runtime.render_metrics = boom  # type: ignore[method-assign]
+    r = client.get("/metrics")
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error"}
+    assert client.get("/healthz").status_code == 200  # the connection survives
+
+
+def test_runtime_with_registry_only() -> None:
+    class RegistryRuntime:
+        mirror_percent = 1.0
+        draining = False
+        registry = Registry(version="v", core="python")
+
+        def config_dict(self) -> dict[str, Any]:
+            return {}
+
+    srv = AdminServer(RegistryRuntime())
+    try:
+        r = httpx.get(srv.url + "/metrics", timeout=5)
+        assert r.status_code == 200 and 'fastmirror_info{core="python",version="v"} 1.0' in r.text
+    finally:
+        srv.stop()
+
+
+def test_start_admin_on_socket(runtime: FakeRuntime) -> None:
+    async def main() -> tuple[int, bytes]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = await start_admin(runtime, None, None, sock=sock)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return port, data
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    _, data = asyncio.run(main())
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"ok")

@@ -1,0 +1,216 @@
+"""cli: `python -m fastmirror` as a subprocess; errors are one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+CONTRACT_FLAGS = [
+    "--config", "--listen", "--primary", "--shadow", "--mirror-percent", "--mirror-methods",
+    "--admin", "--workers", "--queue-size", "--shadow-timeout", "--shadow-concurrency",
+    "--primary-timeout", "--max-mirror-body", "--no-shadow-host-suffix", "--access-log",
+    "--log-level", "--version",
+]  # fmt: skip
+EXTENSION_FLAGS = [
+    "--connect-timeout", "--drain-timeout", "--idle-timeout", "--max-head-size", "--mirror-key",
+]  # fmt: skip
+FIELDS = [
+    "listen", "primary", "shadow", "mirror_percent", "mirror_methods", "admin", "workers",
+    "queue_size", "shadow_timeout", "shadow_concurrency", "primary_timeout", "max_mirror_body",
+    "shadow_host_suffix", "access_log", "log_level", "connect_timeout", "drain_timeout",
+    "idle_timeout", "max_head_size", "mirror_key", "diff",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    """The environment for subprocesses: the installed package if there is one, else src/."""
+    base = dict(os.environ)
+    paths = [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [p for p in paths if Path(p).resolve() != SRC]
+    base["PYTHONPATH"] = os.pathsep.join(paths)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fastmirror.cli"], env=base, cwd="/", capture_output=True
+    )
+    if probe.returncode != 0:
+        base["PYTHONPATH"] = os.pathsep.join([str(SRC), *paths])
+    return base
+
+
+@pytest.fixture
+def fastmirror(env, tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fastmirror", *args],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    return run
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    def write(text: str) -> str:
+        path = tmp_path / "fastmirror.toml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+GOOD = """
+listen = "0.0.0.0:8080"
+primary = "10.0.0.5:9000"
+shadow = ["10.0.0.6:9000"]
+mirror_percent = 10
+mirror_methods = ["GET", "HEAD"]
+max_mirror_body = "512KiB"
+
+[diff]
+ignore_headers = ["date"]
+"""
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fastmirror: error: ")
+    for word in words:
+        assert word in lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_check_config_prints_every_field(fastmirror, config_file):
+    result = fastmirror("check-config", config_file(GOOD))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    data = orjson.loads(result.stdout)
+    assert list(data) == FIELDS
+    assert data["listen"] == "0.0.0.0:8080"
+    assert data["shadow"] == ["10.0.0.6:9000"]
+    assert data["mirror_percent"] == 10.0
+    assert data["max_mirror_body"] == 524288
+    assert data["admin"] == "127.0.0.1:9901"
+    assert data["access_log"] is None
+    assert data["diff"] == {"ignore_headers": ["date"]}
+    assert result.stdout.startswith('{\n  "listen"')  # indented
+
+
+def test_check_config_flags_override_file(fastmirror, config_file):
+    result = fastmirror(
+        "check-config", config_file(GOOD), "--mirror-percent", "2.5", "--shadow", "a:1",
+        "--shadow", "[::1]:2", "--no-shadow-host-suffix", "--mirror-methods", "ALL",
+        "--admin", "off", "--access-log", "-", "--mirror-key", "X-User",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["mirror_percent"] == 2.5
+    assert data["shadow"] == ["a:1", "[::1]:2"]
+    assert data["shadow_host_suffix"] is False
+    assert data["mirror_methods"] == ["ALL"]
+    assert data["admin"] is None and data["access_log"] == "-"
+    assert data["mirror_key"] == "x-user"
+    assert data["primary"] == "10.0.0.5:9000"
+
+
+def test_check_config_defaults(fastmirror, config_file):
+    result = fastmirror("check-config", config_file('primary = "127.0.0.1:9000"\n'))
+    data = orjson.loads(result.stdout)
+    assert data["mirror_percent"] == 0.0 and data["shadow"] == []
+    assert data["listen"] == "127.0.0.1:8080" and data["workers"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [('primary = "a:1"\nmirror_percent = 150\n', ["mirror_percent", "0 to 100", "150"]),
+     ('primary = "a:1"\nmirror_precent = 1\n', ["'mirror_precent'", "did you mean 'mirror_percent'"]),
+     ('listen = "0.0.0.0:80"\n', ["primary: required"]),
+     ('primary = "a:1"\nworkers = \n', ["invalid TOML", "line 2"]),
+     ('primary = "a:1"\n[nginx]\nx = 1\n', ["unknown section 'nginx'"]),
+     ('primary = "a:1"\nshadow_host_suffix = "no"\n', ["shadow_host_suffix", "true or false"])],
+)  # fmt: skip
+def test_check_config_bad_file(fastmirror, config_file, text, words):
+    assert_one_line_error(fastmirror("check-config", config_file(text)), *words)
+
+
+def test_check_config_nonexistent_file(fastmirror, tmp_path):
+    result = fastmirror("check-config", str(tmp_path / "nope.toml"))
+    assert_one_line_error(result, "nope.toml", "No such file")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--mirror-percent", "abc"], ["--mirror-percent", '"abc"']),
+     (["--listen", "nope"], ["--listen", "HOST:PORT"]),
+     (["--workers", "-1"], ["--workers"]),
+     (["--max-mirror-body", "1 parsec"], ["--max-mirror-body"]),
+     (["--log-level", "loud"], ["--log-level", "debug, info, warning, error"]),
+     (["--bogus"], ["--bogus"]),
+     (["--listen"], ["--listen", "expected one argument"])],
+)  # fmt: skip
+def test_bad_flag_value(fastmirror, config_file, args, words):
+    assert_one_line_error(fastmirror("check-config", config_file(GOOD), *args), *words)
+    # The same flags without a subcommand fail before the proxy starts.
+    assert_one_line_error(fastmirror("--primary", "a:1", *args), *words)
+
+
+def test_no_primary_anywhere(fastmirror):
+    assert_one_line_error(fastmirror(), "primary: required")
+
+
+def test_config_flag_error_names_file(fastmirror, config_file):
+    path = config_file('primary = "a:1"\nqueue_size = 0\n')
+    assert_one_line_error(fastmirror("--config", path), "queue_size", path)
+
+
+def test_check_config_requires_file(fastmirror):
+    assert_one_line_error(fastmirror("check-config"), "FILE.toml")
+
+
+def test_unknown_command(fastmirror):
+    assert_one_line_error(fastmirror("frobnicate"), "frobnicate")
+
+
+def test_demo_bad_duration(fastmirror):
+    assert_one_line_error(fastmirror("demo", "--duration", "soon"), "--duration")
+    assert_one_line_error(fastmirror("demo", "--duration", "0"), "--duration")
+
+
+def test_version_names_the_core(fastmirror):
+    result = fastmirror("--version")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert "\n" not in line
+    assert line.startswith("fastmirror 0.1.0 (core: ")
+    assert any(f"(core: {core})" in line for core in ("cython", "python", "unavailable"))
+    assert f"python {sys.version_info.major}.{sys.version_info.minor}" in line
+    assert "uvloop " in line and "h11 " in line
+
+
+def test_help_lists_every_flag_with_defaults(fastmirror):
+    result = fastmirror("--help")
+    assert result.returncode == 0, result.stderr
+    for flag in CONTRACT_FLAGS + EXTENSION_FLAGS:
+        assert flag in result.stdout, flag
+    text = " ".join(result.stdout.split())  # undo argparse's line wrapping
+    for default in ("127.0.0.1:8080", "127.0.0.1:9901", "GET,HEAD,OPTIONS", "1024", "(default: 5)",
+                    "(default: 64)", "(default: 15)", "1 MiB", "(default: info)"):  # fmt: skip
+        assert default in text, default
+    assert "check-config" in result.stdout and "demo" in result.stdout
+
+
+def test_check_config_help_lists_flags(fastmirror):
+    result = fastmirror("check-config", "--help")
+    assert result.returncode == 0
+    for flag in CONTRACT_FLAGS[:-1] + EXTENSION_FLAGS:  # --version is top-level only
+        assert flag in result.stdout, flag

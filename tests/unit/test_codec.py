@@ -1,0 +1,249 @@
+"""Codec: request head validation, body framing and response framing, sans-I/O.
+
+Framing is fed three ways (whole, one byte at a time, with trailing bytes), after
+h11's own test_io.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastmirror.codec import (
+    BodyFramer,
+    HttpError,
+    ResponseError,
+    ResponseFramer,
+    error_response,
+    parse_request_head,
+)
+
+H = b"Host: example.com\r\n"
+
+
+def head(text: bytes) -> bytes:
+    return text.replace(b"\n", b"\r\n")
+
+
+# -- request heads -----------------------------------------------------------------
+
+
+def test_simple_get_forwarded_as_is():
+    raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x:80\r\nAccept: */*\r\n\r\n"
+    req = parse_request_head(raw)
+    assert req.forward is raw
+    assert (req.method, req.target, req.http10) == (b"GET", b"/a?b=1", False)
+    assert req.keep_alive and not req.has_body and not req.upgrade
+
+
+def test_hop_by_hop_removed_everything_else_byte_identical():
+    raw = (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Trace\r\n"
+           b"x-trace: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept:  odd  spacing \r\n"
+           b"Proxy-Connection: close\r\n\r\n")
+    req = parse_request_head(raw)
+    assert req.forward == b"GET / HTTP/1.1\r\nHost: x\r\nAccept:  odd  spacing \r\n\r\n"
+
+
+def test_connection_close_and_http10():
+    assert not parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive
+    req = parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
+    assert req.http10 and not req.keep_alive
+
+
+def test_upgrade_keeps_handshake_headers():
+    raw = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    req = parse_request_head(raw)
+    assert req.upgrade and req.forward == raw
+
+
+def test_framing_fields():
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+    assert req.content_length == 12 and req.has_body
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert req.chunked and req.has_body
+
+
+REFUSED = {
+    "cl+te": (400, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    "two cl": (400, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+    "same cl twice": (400, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+    "cl list": (400, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n"),
+    "cl plus": (400, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n"),
+    "te gzip": (501, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+    "te twice": (400, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    "obs-fold": (400, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+    "space before colon": (400, b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+    "bare lf": (400, b"GET / HTTP/1.1\nHost: x\r\n\r\n"),
+    "nul": (400, b"GET / HTTP/1.1\r\nHost: x\x00y\r\n\r\n"),
+    "bare cr": (400, b"GET / HTTP/1.1\rX\r\nHost: x\r\n\r\n"),
+    "no host": (400, b"GET / HTTP/1.1\r\n\r\n"),
+    "1.0 chunked": (400, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    "bad method": (400, b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "http/2 line": (505, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_ambiguous_heads_refused(name):
+    status, raw = REFUSED[name]
+    with pytest.raises(HttpError) as info:
+        parse_request_head(raw)
+    assert info.value.status == status
+
+
+# -- request bodies ------------------------------------------------------------------
+
+
+def feed_all(framer, data: bytes, step: int | None) -> int:
+    """Feed data whole (step None) or in pieces; return how many bytes were taken."""
+    if step is None:
+        return framer.feed(data, 0)
+    taken = 0
+    for i in range(0, len(data), step):
+        piece = data[i:i + step]
+        n = framer.feed(piece, 0)
+        taken += n
+        if n < len(piece):
+            break
+    return taken
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+@pytest.mark.parametrize("trailing", [b"", b"GET / HTTP/1.1\r\n\r\n"])
+def test_content_length_body(step, trailing):
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    framer = BodyFramer(req)
+    assert feed_all(framer, b"0123456789" + trailing, step) == 10
+    assert framer.done
+
+
+CHUNKED = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [None, 1, 2, 7])
+@pytest.mark.parametrize("trailing", [b"", b"GET / HTTP/1.1\r\n\r\n"])
+def test_chunked_body(step, trailing):
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    framer = BodyFramer(req)
+    assert feed_all(framer, CHUNKED + trailing, step) == len(CHUNKED)
+    assert framer.done
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\nhello\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-1\r\n"])
+def test_bad_chunked_body_refused(body):
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(HttpError) as info:
+        BodyFramer(req).feed(body, 0)
+    assert info.value.status == 400
+
+
+# -- responses ---------------------------------------------------------------------
+
+
+def frame_response(data: bytes, step: int | None, head_request: bool = False):
+    framer = ResponseFramer(head_request)
+    out = []
+    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
+    for piece in pieces:
+        out.append(framer.feed(piece))
+        if framer.done:
+            break
+    return framer, b"".join(out)
+
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("step", [None, 1, 4])
+@pytest.mark.parametrize("response", RESPONSES)
+def test_response_framing(response, step):
+    framer, out = frame_response(response, step)
+    assert framer.done and out == response and not framer.excess
+
+
+def test_response_to_head_has_no_body():
+    framer, out = frame_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", None, True)
+    assert framer.done and framer.status == 200
+
+
+def test_response_excess_marks_connection_unusable():
+    framer, out = frame_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", None)
+    assert out.endswith(b"ok") and framer.excess and framer.close
+
+
+def test_close_delimited_response():
+    framer = ResponseFramer(False)
+    assert framer.feed(b"HTTP/1.0 200 OK\r\n\r\nsome") == b"HTTP/1.0 200 OK\r\n\r\nsome"
+    assert framer.feed(b" more") == b" more"
+    assert not framer.done
+    framer.eof()
+    assert framer.done and framer.close
+
+
+def test_premature_close_is_an_error():
+    framer = ResponseFramer(False)
+    framer.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    with pytest.raises(ResponseError):
+        framer.eof()
+
+
+def test_101_switches_to_tunnel_with_trailing_bytes():
+    data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x01a"
+    framer = ResponseFramer(False)
+    assert framer.feed(data) == data
+    assert framer.upgraded and framer.done
+
+
+@pytest.mark.parametrize("bad", [b"HTTX/1.1 200 OK\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"])
+def test_bad_response_head(bad):
+    with pytest.raises(ResponseError):
+        ResponseFramer(False).feed(bad)
+
+
+def test_error_response_is_well_formed():
+    body = error_response(431, "request head too large")
+    framer, out = frame_response(body, None)
+    assert framer.done and framer.status == 431 and framer.close
+
+
+# -- properties --------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_head_parses_or_refuses_cleanly(data):
+    """Parse, or a clear 4xx/5xx HttpError, never anything else."""
+    raw = data + b"\r\n\r\n"
+    try:
+        parse_request_head(raw)
+    except HttpError as exc:
+        assert exc.status in (400, 431, 501, 505)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=40), max_size=8), st.data())
+def test_chunked_split_anywhere(chunks, data):
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    trailing = data.draw(st.binary(max_size=20))
+    step = data.draw(st.integers(min_value=1, max_value=len(body) + 5))
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    framer = BodyFramer(req)
+    assert feed_all(framer, body + trailing, step) == len(body)
+    assert framer.done
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=64))
+def test_response_split_anywhere(body, step):
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    framer, out = frame_response(data, step)
+    assert framer.done and out == data

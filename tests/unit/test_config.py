@@ -1,0 +1,387 @@
+"""config: TOML load, flags over file, one validator per field, errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastmirror.config import (
+    Address,
+    Config,
+    ConfigError,
+    _FIELDS,
+    config_to_dict,
+    load_config,
+    parse_address,
+)
+
+PRIMARY = {"primary": "10.0.0.5:9000"}
+
+
+@pytest.fixture
+def toml(tmp_path: Path):
+    def write(text: str) -> str:
+        path = tmp_path / "fastmirror.toml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def error_of(path: str | None, overrides: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- defaults -------------------------------------------------------------------------
+
+
+def test_defaults():
+    cfg = load_config(None, PRIMARY)
+    assert cfg.listen == Address("127.0.0.1", 8080)
+    assert cfg.primary == Address("10.0.0.5", 9000)
+    assert cfg.shadow == ()
+    assert cfg.mirror_percent == 0.0
+    assert cfg.mirror_methods == ("GET", "HEAD", "OPTIONS")
+    assert not cfg.mirror_all_methods
+    assert cfg.admin == Address("127.0.0.1", 9901)
+    assert (cfg.workers, cfg.effective_workers) == (1, 1)
+    assert (cfg.queue_size, cfg.shadow_concurrency) == (1024, 64)
+    assert (cfg.shadow_timeout, cfg.primary_timeout) == (5.0, 15.0)
+    assert cfg.max_mirror_body == 1048576
+    assert cfg.shadow_host_suffix is True
+    assert cfg.access_log is None
+    assert cfg.log_level == "info"
+    assert (cfg.connect_timeout, cfg.drain_timeout, cfg.idle_timeout) == (5.0, 30.0, 60.0)
+    assert cfg.max_head_size == 65536
+    assert cfg.mirror_key is None
+    assert cfg.diff == {}
+
+
+def test_mirror_percent_defaults_to_100_with_a_shadow():
+    assert load_config(None, PRIMARY | {"shadow": ["10.0.0.6:9000"]}).mirror_percent == 100.0
+
+
+def test_mirror_percent_given_without_shadow_is_kept():
+    assert load_config(None, PRIMARY | {"mirror_percent": "25"}).mirror_percent == 25.0
+
+
+def test_primary_required():
+    assert error_of(None, {}) == (
+        "primary: required (--primary HOST:PORT or primary = ... in the config file)"
+    )
+
+
+def test_effective_workers_zero_means_one_per_cpu():
+    cfg = load_config(None, PRIMARY | {"workers": "0"})
+    assert cfg.workers == 0 and cfg.effective_workers >= 1
+
+
+def test_table_covers_every_field():
+    assert set(_FIELDS) == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_frozen():
+    cfg = load_config(None, PRIMARY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mirror_percent = 5.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.listen.port = 1  # type: ignore[misc]
+
+
+# --- file and flags -------------------------------------------------------------------
+
+
+FULL = """
+listen = "0.0.0.0:8080"
+primary = "10.0.0.5:9000"
+shadow = ["10.0.0.6:9000", "[fd00::7]:9000"]
+mirror_percent = 10
+mirror_methods = ["get", "head"]
+admin = "off"
+workers = 4
+queue_size = 10
+shadow_timeout = 2
+shadow_concurrency = 8
+primary_timeout = 3.5
+max_mirror_body = "10MB"
+shadow_host_suffix = false
+access_log = "-"
+log_level = "DEBUG"
+connect_timeout = 1
+drain_timeout = 0
+idle_timeout = 75
+max_head_size = "32KiB"
+mirror_key = "X-User-Id"
+
+[diff]
+ignore_headers = ["date"]
+"""
+
+
+def test_full_file(toml):
+    cfg = load_config(toml(FULL), {})
+    assert config_to_dict(cfg) == {
+        "listen": "0.0.0.0:8080",
+        "primary": "10.0.0.5:9000",
+        "shadow": ["10.0.0.6:9000", "[fd00::7]:9000"],
+        "mirror_percent": 10.0,
+        "mirror_methods": ["GET", "HEAD"],
+        "admin": None,
+        "workers": 4,
+        "queue_size": 10,
+        "shadow_timeout": 2.0,
+        "shadow_concurrency": 8,
+        "primary_timeout": 3.5,
+        "max_mirror_body": 10_000_000,
+        "shadow_host_suffix": False,
+        "access_log": "-",
+        "log_level": "debug",
+        "connect_timeout": 1.0,
+        "drain_timeout": 0.0,
+        "idle_timeout": 75.0,
+        "max_head_size": 32768,
+        "mirror_key": "x-user-id",
+        "diff": {"ignore_headers": ["date"]},
+    }
+    assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
+
+
+def test_flags_override_file(toml):
+    path = toml(FULL)
+    cfg = load_config(
+        path,
+        {"listen": "127.0.0.1:9999", "shadow": ["1.2.3.4:80"], "mirror_percent": "50",
+         "workers": "2", "max_mirror_body": "2k", "admin": "127.0.0.1:1", "log_level": "error"},
+    )  # fmt: skip
+    assert cfg.listen == Address("127.0.0.1", 9999)
+    assert cfg.shadow == (Address("1.2.3.4", 80),)  # replaced, not appended
+    assert (cfg.mirror_percent, cfg.workers, cfg.max_mirror_body) == (50.0, 2, 2048)
+    assert cfg.admin == Address("127.0.0.1", 1) and cfg.log_level == "error"
+    assert cfg.primary == Address("10.0.0.5", 9000)  # from the file
+    assert cfg.mirror_methods == ("GET", "HEAD")
+
+
+def test_typed_overrides_accepted():
+    cfg = load_config(None, PRIMARY | {"mirror_percent": 12.5, "workers": 3, "admin": None,
+                                       "shadow_host_suffix": False})  # fmt: skip
+    assert (cfg.mirror_percent, cfg.workers, cfg.admin, cfg.shadow_host_suffix) == (
+        12.5, 3, None, False,
+    )  # fmt: skip
+
+
+def test_shadow_as_a_string(toml):
+    cfg = load_config(toml('primary = "a:1"\nshadow = "b:2"\n'), {})
+    assert cfg.shadow == (Address("b", 2),) and cfg.mirror_percent == 100.0
+
+
+def test_mirror_methods_all_and_comma_list():
+    assert load_config(None, PRIMARY | {"mirror_methods": "all"}).mirror_all_methods
+    cfg = load_config(None, PRIMARY | {"mirror_methods": "get, POST,get,"})
+    assert cfg.mirror_methods == ("GET", "POST")
+
+
+def test_diff_section_kept_raw(toml):
+    cfg = load_config(toml('primary = "a:1"\n[diff]\nmode = "json"\n[diff.ignore]\nh = ["date"]\n'), {})
+    assert cfg.diff == {"mode": "json", "ignore": {"h": ["date"]}}
+
+
+def test_config_to_dict_is_json(toml):
+    import orjson
+
+    cfg = load_config(toml('primary = "a:1"\n[diff]\nsince = 2024-05-01T10:00:00Z\n'), {})
+    data = orjson.loads(orjson.dumps(config_to_dict(cfg)))
+    assert data["diff"] == {"since": "2024-05-01T10:00:00+00:00"}
+    assert set(data) == set(_FIELDS)
+
+
+# --- sizes and addresses --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1000", 1000), ("2k", 2048), ("2K", 2048), ("512KiB", 524288), ("1MiB", 1048576),
+     ("10MB", 10_000_000), ("1m", 1048576), ("1 GiB", 1 << 30), ("1.5k", 1536), ("3kb", 3000),
+     ("7b", 7), (4096, 4096)],
+)  # fmt: skip
+def test_size_suffixes(text, size):
+    assert load_config(None, PRIMARY | {"max_mirror_body": text}).max_mirror_body == size
+
+
+@pytest.mark.parametrize("text", ["1 parsec", "-1", "k", "1.k", "", "1e3", True, 1.5, [1]])
+def test_bad_sizes(text):
+    message = error_of(None, PRIMARY | {"max_mirror_body": text})
+    assert message.startswith("--max-mirror-body: must be a size in bytes")
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "shown"),
+    [("127.0.0.1:80", "127.0.0.1", 80, "127.0.0.1:80"),
+     ("localhost:65535", "localhost", 65535, "localhost:65535"),
+     ("[::1]:80", "::1", 80, "[::1]:80"),
+     ("[fe80::1%eth0]:8080", "fe80::1%eth0", 8080, "[fe80::1%eth0]:8080"),
+     (" my-host.example.:1 ", "my-host.example.", 1, "my-host.example.:1")],
+)  # fmt: skip
+def test_parse_address(text, host, port, shown):
+    address = parse_address(text, "listen")
+    assert (address.host, address.port, str(address)) == (host, port, shown)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("nope", "must be HOST:PORT"), (":8080", "must name the host"),
+     ("h:0", "port from 1 to 65535"), ("h:65536", "port from 1 to 65535"), ("h:", "port"),
+     ("h:8o", "port"), ("h:+80", "port"), ("::1:80", "brackets"), ("[::1]", "[IPV6]:PORT"),
+     ("[1.2.3.4]:80", "not an IPv6 address"), ("a b:80", "not a host name"),
+     ("http://a:80", "not a URL")],
+)  # fmt: skip
+def test_bad_addresses(text, problem):
+    with pytest.raises(ConfigError) as info:
+        parse_address(text, "listen")
+    assert str(info.value).startswith("listen: ") and problem in str(info.value)
+
+
+def test_address_is_frozen_and_hashable():
+    assert {Address("a", 1), Address("a", 1)} == {Address("a", 1)}
+
+
+# --- every validator names its key ----------------------------------------------------
+
+BAD_VALUES = [
+    ("listen", 8080), ("listen", "nope"), ("primary", "h:99999"), ("shadow", 5),
+    ("shadow", ["a:1", "a:1"]), ("shadow", ["a:1", "x"]), ("mirror_percent", 150),
+    ("mirror_percent", -1), ("mirror_percent", "10"), ("mirror_percent", True),
+    ("mirror_percent", float("nan")), ("mirror_methods", []), ("mirror_methods", ["GET", "ALL"]),
+    ("mirror_methods", ["G ET"]), ("mirror_methods", [1]), ("mirror_methods", 7), ("admin", "on"),
+    ("admin", False), ("workers", -1), ("workers", 2.0), ("workers", "2"), ("queue_size", 0),
+    ("shadow_timeout", 0), ("shadow_timeout", -1.5), ("shadow_concurrency", 0),
+    ("primary_timeout", 0), ("max_mirror_body", -1), ("shadow_host_suffix", "no"),
+    ("shadow_host_suffix", 0), ("access_log", ""), ("access_log", 1), ("log_level", "verbose"),
+    ("log_level", 1), ("connect_timeout", 0), ("drain_timeout", -1), ("idle_timeout", 0),
+    ("max_head_size", 100), ("max_head_size", "1000b"), ("mirror_key", "X User"),
+    ("mirror_key", ""), ("diff", "yes"),
+]  # fmt: skip
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES)
+def test_bad_file_value_names_key_and_file(toml, key, value):
+    lines = [f"{key} = {toml_value(value)}"] + (["" ] if key == "primary" else ['primary = "a:1"'])
+    path = toml("\n".join(lines) + "\n")
+    message = error_of(path, {})
+    assert message.startswith(f"{key}: ") and message.endswith(f"(in {path})")
+    assert ", got " in message
+
+
+FLAG_BAD_VALUES = [
+    ("listen", "nope"), ("primary", "x:0"), ("shadow", ["nope"]), ("mirror_percent", "abc"),
+    ("mirror_percent", "150"), ("mirror_percent", "inf"), ("mirror_methods", ","),
+    ("admin", "yes"), ("workers", "two"), ("workers", "1.5"), ("queue_size", "0"),
+    ("shadow_timeout", "0"), ("shadow_concurrency", "-3"), ("primary_timeout", "soon"),
+    ("max_mirror_body", "big"), ("access_log", ""), ("log_level", "loud"),
+    ("connect_timeout", "-1"), ("drain_timeout", "x"), ("idle_timeout", "0"),
+    ("max_head_size", "12"), ("mirror_key", "a:b"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), FLAG_BAD_VALUES)
+def test_bad_flag_value_names_flag(key, value):
+    overrides = {"primary": "a:1"} | {key: value}
+    message = error_of(None, overrides)
+    assert message.startswith("--" + key.replace("_", "-") + ": ")
+
+
+def test_error_message_format(toml):
+    path = toml('primary = "a:1"\nmirror_percent = 150\n')
+    assert error_of(path, {}) == f"mirror_percent: must be a number from 0 to 100, got 150 (in {path})"
+    assert error_of(None, PRIMARY | {"mirror_percent": "abc"}) == (
+        '--mirror-percent: must be a number from 0 to 100, got "abc"'
+    )
+
+
+def test_value_with_newline_stays_one_line():
+    assert "\n" not in error_of(None, PRIMARY | {"listen": "a\nb:1"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [({"primary": "127.0.0.1:8080"}, "--primary: must not be the listen address"),
+     (PRIMARY | {"admin": "127.0.0.1:8080"}, "--admin: must not be the listen address"),
+     (PRIMARY | {"shadow": ["10.0.0.5:9000"]}, "--shadow: must not include the primary")],
+)  # fmt: skip
+def test_cross_field_checks(overrides, start):
+    assert error_of(None, overrides).startswith(start)
+
+
+# --- unknown keys, bad files ----------------------------------------------------------
+
+
+def test_unknown_key_with_suggestion(toml):
+    path = toml('primary = "a:1"\nmirror_precent = 5\n')
+    assert error_of(path, {}) == (
+        f"unknown key 'mirror_precent' in {path} (did you mean 'mirror_percent'?)"
+    )
+
+
+def test_unknown_key_dashed_spelling(toml):
+    path = toml('primary = "a:1"\nshadow-timeout = 5\n')
+    assert error_of(path, {}).endswith("(did you mean 'shadow_timeout'?)")
+
+
+def test_unknown_key_without_suggestion(toml):
+    path = toml('primary = "a:1"\nzzz = 5\n')
+    assert error_of(path, {}) == f"unknown key 'zzz' in {path}"
+
+
+def test_unknown_section(toml):
+    path = toml('primary = "a:1"\n[difff]\na = 1\n')
+    assert error_of(path, {}).startswith(f"unknown section 'difff' in {path}")
+
+
+def test_unknown_override():
+    assert error_of(None, {"nope": 1}).startswith("unknown key 'nope'")
+
+
+def test_bad_toml_names_file_and_line(toml):
+    path = toml('primary = "a:1"\nlisten = \n')
+    message = error_of(path, {})
+    assert message.startswith(f"{path}: invalid TOML: ") and "line 2" in message
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "absent.toml")
+    assert error_of(path, {}) == f"{path}: cannot read config file: No such file or directory"
+
+
+def test_directory_is_not_a_file(tmp_path):
+    assert "cannot read config file" in error_of(str(tmp_path), {})
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'primary = "a:1"\n# caf\xe9\n')
+    assert "not UTF-8" in error_of(str(path), {})
+
+
+def test_config_imports_no_io():
+    code = "import sys, fastmirror.config; print(sorted({'asyncio', 'socket'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
