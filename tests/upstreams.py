@@ -36,6 +36,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import http
 import socket
 import struct
 import threading
@@ -59,6 +60,13 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Bound sockets that never listen, kept open so that nobody else gets their port.
 _DEAD_SOCKETS: list[socket.socket] = []
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
 
 
 def pattern(n: int, offset: int = 0) -> bytes:
@@ -253,7 +261,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(event, h11.Request), event
         arrived = time.monotonic()
         if self.h11.client_is_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self._send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         body = bytearray()
         while True:
             ev = await self._next_event()
@@ -299,7 +307,7 @@ class _Connection(asyncio.Protocol):
         if path == "/chunked":
             n = int(query.get("n", "0"))
             size = max(1, int(query.get("size", "1024")))
-            await self._send(h11.Response(status_code=200, headers=base))
+            await self._send(h11.Response(status_code=200, headers=base, reason=b"OK"))
             if rec.method != "HEAD":
                 for off in range(0, n, size):
                     await self._send(h11.Data(data=pattern(min(size, n - off), off)))
@@ -332,7 +340,7 @@ class _Connection(asyncio.Protocol):
         headers = [(b"content-type", ctype)]
         if status >= 200 and status not in (204, 304):
             headers.append((b"content-length", b"%d" % len(body)))
-        await self._send(h11.Response(status_code=status, headers=headers + base))
+        await self._send(h11.Response(status_code=status, headers=headers + base, reason=_reason(status)))
         if body and rec.method != "HEAD" and status not in (204, 304):
             await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
@@ -340,7 +348,7 @@ class _Connection(asyncio.Protocol):
 
     async def _pattern(self, rec: Recorded, n: int, base: list[tuple[bytes, bytes]]) -> bool:
         headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"%d" % n)]
-        await self._send(h11.Response(status_code=200, headers=headers + base))
+        await self._send(h11.Response(status_code=200, headers=headers + base, reason=b"OK"))
         if rec.method != "HEAD":
             for off in range(0, n, _WRITE_CHUNK):
                 await self._send(h11.Data(data=pattern(min(_WRITE_CHUNK, n - off), off)))
@@ -349,7 +357,7 @@ class _Connection(asyncio.Protocol):
 
     async def _half(self, rec: Recorded, n: int, base: list[tuple[bytes, bytes]]) -> bool:
         headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"%d" % n)]
-        await self._send(h11.Response(status_code=200, headers=headers + base))
+        await self._send(h11.Response(status_code=200, headers=headers + base, reason=b"OK"))
         await self._write(pattern(n // 2))
         await asyncio.sleep(0.05)
         self._close()
@@ -361,7 +369,7 @@ class _Connection(asyncio.Protocol):
         if key:
             accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest())
             headers.append((b"sec-websocket-accept", accept))
-        await self._send(h11.InformationalResponse(status_code=101, headers=headers))
+        await self._send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
         leftover, _closed = self.h11.trailing_data
         self.upgraded = True
         if leftover:

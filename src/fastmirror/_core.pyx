@@ -8,9 +8,11 @@ parity tests (tests/unit/test_core.py); change both or neither.
 """
 
 import os
+from operator import index as _index
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_Check
 from libc.math cimport isnan, nearbyint
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -131,9 +133,15 @@ def percent_to_ppm(double percent):
     return <long long>nearbyint(x)
 
 
-def sample(long long ppm, uint64_t draw):
+def sample(ppm, draw):
     """True for `ppm` draws in a million: draw % 1_000_000 < ppm."""
-    return <long long>(draw % 1000000) < ppm
+    cdef uint64_t d
+    cdef long long limit
+    if not (PyLong_Check(ppm) and PyLong_Check(draw)):
+        ppm, draw = _index(ppm), _index(draw)   # as C conversion would truncate a float
+    d = draw
+    limit = ppm
+    return <long long>(d % 1000000) < limit
 
 
 cdef uint64_t _rng_state = 0

@@ -14,6 +14,8 @@ This module does no I/O: bytes in, decisions and byte counts out.
 
 from __future__ import annotations
 
+import re
+
 import h11
 
 from .hotpath import (
@@ -32,6 +34,7 @@ __all__ = [
     "ResponseFramer",
     "ResponseError",
     "parse_request_head",
+    "check_partial_head",
     "error_response",
     "find_head_end",
 ]
@@ -52,6 +55,22 @@ REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def check_partial_head(data: bytes) -> None:
+    """Refuse an incomplete head early when it already shows a bare LF.
+
+    A head that ends lines with LF alone never contains CRLFCRLF, so waiting for
+    the rest would only hang the client until the idle timeout.
+
+    Raises:
+        HttpError: 400.
+    """
+    if _BARE_LF.search(data) is not None:
+        raise HttpError(400, "bare LF line ending")
 
 
 class HttpError(Exception):

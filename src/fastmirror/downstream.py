@@ -20,6 +20,7 @@ from .codec import (
     RequestHead,
     ResponseError,
     ResponseFramer,
+    check_partial_head,
     error_response,
     find_head_end,
     parse_request_head,
@@ -153,6 +154,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if end < 0:
             if len(data) > self.ctx.settings.max_head_size:
                 raise HttpError(431, "request head too large")
+            check_partial_head(data)
             self.buf += data
             return
         if end > self.ctx.settings.max_head_size:
