@@ -8,13 +8,9 @@ with --cython-always, --cython-annotate and --cython-directives, e.g.
 """
 
 import os
-import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-
-if sys.version_info < (3, 11):
-    raise RuntimeError("fastmirror requires Python 3.11 or greater")
 
 CYTHON_DEPENDENCY = "Cython>=3.0"
 CFLAGS = [os.getenv("FASTMIRROR_OPT_CFLAGS", "-O2")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 import os
 import signal
 import socket
@@ -61,6 +62,23 @@ READY_TIMEOUT = 10.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end test: real sockets, fastmirror as a subprocess")
+
+
+# Every fastmirror process started and not yet closed, so that a failing test's report
+# carries the stderr of the proxies it was talking to.
+_LIVE_PROXIES: list[Proxy] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for proxy in list(_LIVE_PROXIES):
+            try:
+                report.sections.append((f"fastmirror pid {proxy.pid} (:{proxy.port})", proxy.describe()))
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------
@@ -233,6 +251,14 @@ class Proxy:
                 pass
         return self.proc.returncode
 
+    def close(self, timeout: float = 5.0) -> int | None:
+        """terminate(), then remove the working directory (config, stdout, stderr)."""
+        rc = self.terminate(timeout)
+        if self in _LIVE_PROXIES:
+            _LIVE_PROXIES.remove(self)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return rc
+
 
 def start_proxy(
     *extra_args: str,
@@ -290,6 +316,7 @@ def start_proxy(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=_subprocess_env(env), cwd=workdir
         )
     proxy = Proxy(proc, port, admin_port, argv, workdir, config_path)
+    _LIVE_PROXIES.append(proxy)
     if wait_ready:
         _wait_ready(proxy, ready_timeout)
     return proxy
@@ -300,7 +327,9 @@ def _wait_ready(proxy: Proxy, timeout: float) -> None:
     last = "nothing tried"
     while time.monotonic() < deadline:
         if proxy.proc.poll() is not None:
-            raise AssertionError(f"fastmirror exited before it was ready\n{proxy.describe()}")
+            message = f"fastmirror exited before it was ready\n{proxy.describe()}"
+            proxy.close(1)
+            raise AssertionError(message)
         if _port_open(proxy.port):
             if proxy.admin_port is None:
                 return
@@ -314,8 +343,9 @@ def _wait_ready(proxy: Proxy, timeout: float) -> None:
         else:
             last = f"port {proxy.port} not accepting"
         time.sleep(0.05)
-    proxy.terminate(2)
-    raise AssertionError(f"fastmirror not ready within {timeout} s ({last})\n{proxy.describe()}")
+    message = f"fastmirror not ready within {timeout} s ({last})\n{proxy.describe()}"
+    proxy.close(2)
+    raise AssertionError(message)
 
 
 _DEFAULT: Any = object()
@@ -342,7 +372,7 @@ def run_proxy(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     yield factory
     for proxy in started:
-        proxy.terminate(5)
+        proxy.close(5)
 
 
 # ---------------------------------------------------------------------------------

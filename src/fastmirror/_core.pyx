@@ -33,11 +33,26 @@ cdef extern from *:
     const uint64_t FM_FNV_PRIME
 
 __all__ = (
-    "PPM_SCALE", "HEAD_OK", "HEAD_ERR_BARE_LF", "HEAD_ERR_BARE_CR", "HEAD_ERR_CTL",
-    "HEAD_ERR_OBS_FOLD", "HEAD_ERR_SPACE_BEFORE_COLON", "HEAD_ERR_NO_COLON",
-    "HEAD_ERR_MESSAGES", "percent_to_ppm", "sample", "random_u64", "seed_random",
-    "key_hash", "find_head_end", "check_head", "shadow_head", "ChunkedError",
-    "ChunkedScanner", "parse_response_head",
+    "HEAD_ERR_BARE_CR",
+    "HEAD_ERR_BARE_LF",
+    "HEAD_ERR_CTL",
+    "HEAD_ERR_MESSAGES",
+    "HEAD_ERR_NO_COLON",
+    "HEAD_ERR_OBS_FOLD",
+    "HEAD_ERR_SPACE_BEFORE_COLON",
+    "HEAD_OK",
+    "PPM_SCALE",
+    "ChunkedError",
+    "ChunkedScanner",
+    "check_head",
+    "find_head_end",
+    "key_hash",
+    "parse_response_head",
+    "percent_to_ppm",
+    "random_u64",
+    "sample",
+    "seed_random",
+    "shadow_head",
 )
 
 PPM_SCALE = 1_000_000

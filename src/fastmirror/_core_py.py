@@ -8,16 +8,32 @@ installed proxy runs the compiled module. Where the twin scans with `re` or
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import re
 
 __all__ = (
-    "PPM_SCALE", "HEAD_OK", "HEAD_ERR_BARE_LF", "HEAD_ERR_BARE_CR", "HEAD_ERR_CTL",
-    "HEAD_ERR_OBS_FOLD", "HEAD_ERR_SPACE_BEFORE_COLON", "HEAD_ERR_NO_COLON",
-    "HEAD_ERR_MESSAGES", "percent_to_ppm", "sample", "random_u64", "seed_random",
-    "key_hash", "find_head_end", "check_head", "shadow_head", "ChunkedError",
-    "ChunkedScanner", "parse_response_head",
+    "HEAD_ERR_BARE_CR",
+    "HEAD_ERR_BARE_LF",
+    "HEAD_ERR_CTL",
+    "HEAD_ERR_MESSAGES",
+    "HEAD_ERR_NO_COLON",
+    "HEAD_ERR_OBS_FOLD",
+    "HEAD_ERR_SPACE_BEFORE_COLON",
+    "HEAD_OK",
+    "PPM_SCALE",
+    "ChunkedError",
+    "ChunkedScanner",
+    "check_head",
+    "find_head_end",
+    "key_hash",
+    "parse_response_head",
+    "percent_to_ppm",
+    "random_u64",
+    "sample",
+    "seed_random",
+    "shadow_head",
 )
 
 PPM_SCALE = 1_000_000
@@ -66,7 +82,7 @@ def percent_to_ppm(percent: float) -> int:
     if isinstance(percent, (str, bytes, bytearray)):
         raise TypeError(f"must be real number, not {type(percent).__name__}")
     x = float(percent) * 10000.0
-    if x != x:
+    if math.isnan(x):
         raise ValueError("percent is NaN")
     if x <= 0.0:
         return 0
@@ -121,9 +137,8 @@ def key_hash(key: bytes) -> int:
 
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     """Index just past the first CRLFCRLF at or after start (negative: 0), or -1."""
-    buf = _as_bytes(buf)
-    start = operator.index(start)
-    i = buf.find(b"\r\n\r\n", start if start > 0 else 0)
+    data = _as_bytes(buf)
+    i = data.find(b"\r\n\r\n", max(0, operator.index(start)))
     return -1 if i < 0 else i + 4
 
 
@@ -149,7 +164,10 @@ def _line_error(head: bytes | bytearray, s: int, e: int) -> tuple[int, int]:
 
 def check_head(head: bytes) -> int:
     """HEAD_OK, or the HEAD_ERR_* code of the first offending byte of a request head."""
-    head = _as_bytes(head)
+    return _check_head(_as_bytes(head))
+
+
+def _check_head(head: bytes | bytearray) -> int:
     n = len(head)
     m = _BYTE_ERROR.search(head)
     if m is None:
@@ -201,14 +219,14 @@ def shadow_head(head: bytes, host_suffix: bytes, extra: bytes) -> bytes:
     Raises:
         ValueError: head does not end with CRLFCRLF.
     """
-    head, host_suffix, extra = _as_bytes(head), _as_bytes(host_suffix), _as_bytes(extra)
-    if not head.endswith(b"\r\n\r\n"):
+    data, suffix, more = _as_bytes(head), _as_bytes(host_suffix), _as_bytes(extra)
+    if not data.endswith(b"\r\n\r\n"):
         raise ValueError("head must end with CRLF CRLF")
-    body_end = len(head) - 2
-    at = _host_suffix_at(head) if host_suffix else -1
+    body_end = len(data) - 2
+    at = _host_suffix_at(data) if suffix else -1
     if at < 0:
-        return b"".join((head[:body_end], extra, b"\r\n"))
-    return b"".join((head[:at], host_suffix, head[at:body_end], extra, b"\r\n"))
+        return b"".join((data[:body_end], more, b"\r\n"))
+    return b"".join((data[:at], suffix, data[at:body_end], more, b"\r\n"))
 
 
 # -- chunked bodies ---------------------------------------------------------------------
@@ -234,8 +252,16 @@ class ChunkedScanner:
     untouched; it never consumes past the CRLF that ends the trailer section.
     """
 
-    __slots__ = ("_state", "_digits", "_failed", "_size", "_line_len", "_trailer_len",
-                 "_max_line", "_max_trailers")
+    __slots__ = (
+        "_digits",
+        "_failed",
+        "_line_len",
+        "_max_line",
+        "_max_trailers",
+        "_size",
+        "_state",
+        "_trailer_len",
+    )
 
     def __init__(self, max_line: int = 4096, max_trailers: int = 16384) -> None:
         max_line, max_trailers = operator.index(max_line), operator.index(max_trailers)
@@ -264,19 +290,19 @@ class ChunkedScanner:
         """
         if self._failed:
             raise ChunkedError("chunked body already failed")
-        buf = _as_view(buf)
+        view = _as_view(buf)
         start = operator.index(start)
-        if start < 0 or start > len(buf):
+        if start < 0 or start > len(view):
             raise ValueError("start out of range")
         if self._state == _S_DONE:
             return 0
-        return self._scan(buf, start, len(buf)) - start
+        return self._scan(view, start, len(view)) - start
 
     def _fail(self, message: str) -> None:
         self._failed = True
         raise ChunkedError(message)
 
-    def _scan(self, p: bytes | bytearray | memoryview, i: int, n: int) -> int:  # noqa: C901
+    def _scan(self, p: bytes | bytearray | memoryview, i: int, n: int) -> int:
         while i < n:
             state = self._state
             if state == _S_DATA:   # skipped by arithmetic, whatever its size
@@ -403,10 +429,10 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
         ValueError: malformed status line or header line, bare CR/LF, obs-fold,
             conflicting Content-Length, or Content-Length with Transfer-Encoding.
     """
-    head = _as_bytes(head)
-    if not head.endswith(b"\r\n\r\n"):
+    data = _as_bytes(head)
+    if not data.endswith(b"\r\n\r\n"):
         raise ValueError("response head must end with CRLF CRLF")
-    lines = head[:-4].split(b"\r\n")
+    lines = data[:-4].split(b"\r\n")
     status_line = lines[0]
     if b"\r" in status_line or b"\n" in status_line:
         raise ValueError("bare CR or LF in response head")

@@ -30,7 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastmirror.metrics import parse_histograms, quantile
 
 HOST = "127.0.0.1"
-CONNECTIONS = 16  # client keep-alive connections: enough to keep a one-worker proxy busy
+CONNECTIONS = 16  # client keep-alive connections
+# Paced like production traffic, not a flood: the shadow keeps up with the copies
+# (about a dozen in flight against the default cap of 64), so none is dropped and the
+# comparison covers every request.
+RATE = 2000  # requests per second, all connections together
 READY_TIMEOUT = 10.0  # seconds for the proxy's admin /ready to answer 200
 REQUEST_TIMEOUT = 5.0
 SEARCH_DELAY = (0.020, 0.040)  # the shadow's extra time on /api/search, in seconds
@@ -174,9 +178,15 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 
 async def _client(port: int, deadline: float, stats: ClientStats, seed: int) -> None:
-    """One keep-alive connection sending requests back to back until the deadline."""
+    """One keep-alive connection sending RATE / CONNECTIONS requests a second until the deadline."""
     rng, conn = random.Random(seed), None
+    interval = CONNECTIONS / RATE
+    next_send = time.monotonic() + rng.random() * interval  # spread the connections out
     while time.monotonic() < deadline:
+        delay = next_send - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        next_send = max(next_send + interval, time.monotonic() - interval)
         close = True
         try:
             if conn is None:

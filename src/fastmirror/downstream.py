@@ -52,6 +52,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.deadline = 0.0       # idle or primary deadline, checked by the server's sweep
         self.blocked = 0
+        self.writing_paused = False
         self.tunnel = False
         self.seq = 0
         self._reset_exchange()
@@ -137,11 +138,19 @@ class DownstreamProtocol(asyncio.Protocol):
         self.head = None
 
     def pause_writing(self) -> None:
+        # The client reads slower than the primary sends: hold the primary back. The
+        # primary's timeout does not run meanwhile; the client gets idle_timeout to
+        # read on (nginx's send_timeout).
+        self.writing_paused = True
+        self.deadline = time.monotonic() + self.ctx.settings.idle_timeout
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.head is not None:
+            self.deadline = time.monotonic() + self.settings.primary_timeout
         up = self.upstream
         if up is not None and up.transport is not None and not up.closed:
             up.transport.resume_reading()
@@ -300,7 +309,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.bytes_out += len(out)
         if framer.done:
             self._response_done()
-        else:  # the timeout is between reads once the response has begun
+        elif not self.writing_paused:  # the timeout is between reads once the response began
             self.deadline = time.monotonic() + self.settings.primary_timeout
 
     def upstream_eof(self) -> None:
@@ -434,6 +443,13 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.head is None:
             self._close()  # idle keep-alive connection
+        elif self.writing_paused:  # the client stopped reading its response
+            if self.upstream is not None:
+                self.upstream.close()
+                self.upstream = None
+            self._log(self.framer.status if self.framer else 0)
+            self.head = None
+            self._close()
         else:
             self._primary_failed(504, "primary timed out")
 

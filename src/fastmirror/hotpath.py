@@ -13,13 +13,30 @@ import importlib
 import os
 import platform
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = (
-    "CORE_IMPL", "PPM_SCALE", "HEAD_OK", "HEAD_ERR_BARE_LF", "HEAD_ERR_BARE_CR",
-    "HEAD_ERR_CTL", "HEAD_ERR_OBS_FOLD", "HEAD_ERR_SPACE_BEFORE_COLON",
-    "HEAD_ERR_NO_COLON", "HEAD_ERR_MESSAGES", "percent_to_ppm", "sample", "random_u64",
-    "seed_random", "key_hash", "find_head_end", "check_head", "shadow_head",
-    "ChunkedError", "ChunkedScanner", "parse_response_head",
+    "CORE_IMPL",
+    "HEAD_ERR_BARE_CR",
+    "HEAD_ERR_BARE_LF",
+    "HEAD_ERR_CTL",
+    "HEAD_ERR_MESSAGES",
+    "HEAD_ERR_NO_COLON",
+    "HEAD_ERR_OBS_FOLD",
+    "HEAD_ERR_SPACE_BEFORE_COLON",
+    "HEAD_OK",
+    "PPM_SCALE",
+    "ChunkedError",
+    "ChunkedScanner",
+    "check_head",
+    "find_head_end",
+    "key_hash",
+    "parse_response_head",
+    "percent_to_ppm",
+    "random_u64",
+    "sample",
+    "seed_random",
+    "shadow_head",
 )
 
 NO_EXTENSIONS = os.environ.get("FASTMIRROR_NO_EXTENSIONS", "") not in ("", "0")
@@ -37,7 +54,12 @@ def _load() -> tuple[ModuleType, str]:
         return importlib.import_module("fastmirror._core_py"), "python"
 
 
-_impl, CORE_IMPL = _load()
+if TYPE_CHECKING:
+    from . import _core as _impl   # _core.pyi types both implementations
+
+    CORE_IMPL: str
+else:
+    _impl, CORE_IMPL = _load()
 
 PPM_SCALE = _impl.PPM_SCALE
 HEAD_OK = _impl.HEAD_OK

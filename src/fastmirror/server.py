@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any, Callable
 
+import orjson
 import uvloop
 
 from . import __version__
@@ -147,7 +148,7 @@ class Worker:
     def __init__(self, config: Config, config_path: str | None,
                  overrides: dict[str, object] | None = None, *,
                  listen_sock: socket.socket | None = None, admin: bool = True,
-                 notify: bool = True) -> None:
+                 notify: bool = True, control: socket.socket | None = None) -> None:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.registry = Registry(version=__version__, core=CORE_IMPL)
@@ -156,6 +157,7 @@ class Worker:
         self.listen_sock = listen_sock
         self.admin_enabled = admin
         self.notify = notify
+        self.control = control  # channel to the supervisor (workers.py), if any
         self.stop_requested: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -179,15 +181,53 @@ class Worker:
                  ", ".join(map(str, config.shadow)) or "none", config.mirror_percent)
         if self.notify:
             sd_notify("READY=1")
+        control = None
+        if self.control is not None:
+            control = loop.create_task(self._serve_control(self.control))
         await self.stop_requested.wait()
         if self.notify:
             sd_notify("STOPPING=1")
         await self._drain(server, config.drain_timeout)
         sweeper.cancel()
+        if control is not None:
+            control.cancel()
         if admin_server is not None:
             admin_server.close()
         self._close_all()
         return 0
+
+    # -- control channel: newline-delimited JSON with the supervisor (workers.py) ---
+
+    async def _serve_control(self, sock: socket.socket) -> None:
+        """Answer the supervisor until it goes away; then drain, so no worker is orphaned."""
+        assert self.stop_requested is not None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+            writer.write(orjson.dumps({"op": "ready", "pid": os.getpid()}) + b"\n")
+            while line := await reader.readline():
+                reply = self._control_reply(orjson.loads(line))
+                if reply is not None:
+                    writer.write(orjson.dumps(reply) + b"\n")
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or an overlong line
+            log.error("control channel failed: %s", exc)
+        if not self.stop_requested.is_set():
+            log.warning("supervisor gone (control channel closed): draining")
+            self.stop_requested.set()
+
+    def _control_reply(self, msg: Any) -> dict[str, Any] | None:
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op == "snapshot":
+            return {"id": msg.get("id"), "snapshot": self.registry.snapshot()}
+        if op == "percent":
+            try:
+                self.runtime.set_mirror_percent(float(msg["value"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("control: bad mirror percent %r: %s", msg.get("value"), exc)
+            return None
+        if op == "ping":
+            return {"op": "pong"}
+        log.warning("control: unknown message %r", msg)
+        return None
 
     async def _drain(self, server: asyncio.AbstractServer, timeout: float) -> None:
         ctx = self.ctx

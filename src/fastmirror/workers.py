@@ -1,76 +1,485 @@
-"""Process model: one worker in this process, or N forked workers (SO_REUSEPORT).
+"""Process model: the proxy in this process, or a supervisor and N worker processes.
 
-With one worker (the default) the proxy runs right here. Several workers are a
-later step of the roadmap; until then `--workers N` with N > 1 runs N processes that
-share the listening socket, the first of which serves the admin endpoint.
+``--workers 1`` (the default) runs the proxy right here (server.serve). With N > 1 this
+process becomes a supervisor, like nginx's master: it starts N workers with
+``python -m fastmirror.workers`` (a fresh interpreter, never a fork of a running event
+loop), each binding its own SO_REUSEPORT socket on the listen address so that the
+kernel spreads connections over them. The supervisor serves no traffic. It:
+
+- serves the admin endpoint for all workers: ``/metrics`` is the sum of every worker's
+  ``Registry.snapshot()``, ``PUT /mirror`` reaches every worker (and restarted ones);
+- turns SIGTERM/SIGINT into a drain of every worker, then exits 0; forwards SIGHUP;
+- restarts a worker that dies while not draining, with a backoff against crash loops;
+- tells systemd ``READY=1`` once every worker listens.
+
+Each worker holds one end of a ``socketpair()``: the control channel, newline-delimited
+JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``,
+``{"op": "percent", "value": P}``, ``{"op": "ping"}``; worker → supervisor:
+``{"op": "ready", "pid": PID}`` once listening, ``{"id": N, "snapshot": {...}}``,
+``{"op": "pong"}``. EOF tells each side that the other is gone: a worker whose
+supervisor died drains and exits rather than live on as an orphan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+from typing import Any
 
-from .config import Config, ConfigError
+import orjson
+
+from .config import Address, Config, ConfigError, config_to_dict, load_config
 from .listener import bind_listener
 from .logs import setup_logging
 
 log = logging.getLogger("fastmirror")
 
+# A scrape waits this long for the workers' snapshots; a worker that has not answered
+# by then is left out of that scrape rather than stall Prometheus (10 s timeout).
+SCRAPE_TIMEOUT = 1.0
+# Restart delay after a worker dies: doubles while workers keep dying young, up to
+# the cap; nginx restarts at once, but a crash loop should not eat a CPU.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+YOUNG = 5.0  # a worker that dies younger than this (s) doubles the next delay
+# Liveness, as uvicorn's supervisor pings its workers: a ready worker silent for
+# HEARTBEAT_DEAD seconds (its event loop is stuck) is killed and restarted.
+HEARTBEAT = 5.0
+HEARTBEAT_DEAD = 3 * HEARTBEAT
+# On SIGTERM, workers get drain_timeout to finish; this much more before SIGKILL.
+KILL_GRACE = 5.0
+CHANNEL_LIMIT = 64 * 1024 * 1024  # one snapshot line; they are a few KiB per upstream
+
 
 def run(config: Config, config_path: str | None, overrides: dict[str, object] | None = None) -> int:
     """Run the proxy with config until SIGTERM/SIGINT; return the exit code."""
-    from .server import serve
-
     setup_logging(config.log_level)
-    try:
-        sock = bind_listener(config.listen, reuse_port=config.effective_workers > 1)
-    except ConfigError as exc:
-        print(f"fastmirror: error: {exc}", file=sys.stderr)
-        return 2
     n = config.effective_workers
     if n == 1:
+        from .server import serve
+
+        try:
+            sock = bind_listener(config.listen, reuse_port=False)
+        except ConfigError as exc:
+            return _fail(str(exc))
         return serve(config, config_path, overrides, listen_sock=sock)
-    return _run_forked(config, config_path, overrides, sock, n)
+    try:
+        check_bindable(config.listen)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    import uvloop
+
+    supervisor = Supervisor(config, config_path, overrides or {}, n)
+    return uvloop.run(supervisor.run())
 
 
-def _run_forked(config: Config, config_path: str | None, overrides, sock, n: int) -> int:
-    from .server import serve
+def _fail(message: str) -> int:
+    print(f"fastmirror: error: {message}", file=sys.stderr)
+    return 2
 
-    children: dict[int, int] = {}
-    for index in range(n):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+
+def check_bindable(address: Address) -> None:
+    """Bind (but never listen on) a SO_REUSEPORT socket, so a bad address fails early.
+
+    Not listening matters: the kernel would hand this socket a share of the
+    connections, and nobody accepts on it.
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address.host, address.port))
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------------------------
+# supervisor side
+# ---------------------------------------------------------------------------------
+
+
+class Child:
+    """One worker process and the supervisor's end of its control channel."""
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes],
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.index = index
+        self.proc = proc
+        self.reader = reader
+        self.writer = writer
+        self.started = time.monotonic()
+        self.last_heard = self.started
+        self.ready = False
+        self.reload_pending = False  # SIGHUP arrived before it listened
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # snapshot id -> reply
+        self.last_snapshot: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(orjson.dumps(msg) + b"\n")
+
+    def kill(self, signum: int) -> None:
+        if self.proc.poll() is None:
             try:
-                code = serve(config, config_path, overrides, listen_sock=sock,
-                             admin=index == 0, notify=False)
-            finally:
-                os._exit(code)
-        children[pid] = index
-    sock.close()
-    from .server import sd_notify
-    sd_notify("READY=1")
-
-    def forward(signum, _frame):
-        for pid in children:
-            try:
-                os.kill(pid, signum)
+                os.kill(self.proc.pid, signum)
             except ProcessLookupError:
                 pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    status = 0
-    while children:
+
+class SupervisorRuntime:
+    """What admin.py reads and sets, answered for all the workers together."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    @property
+    def config(self) -> Config:
+        return self.sup.config
+
+    def config_dict(self) -> dict[str, Any]:
+        d = config_to_dict(self.sup.config)
+        d["mirror_percent"] = self.mirror_percent
+        return d
+
+    @property
+    def mirror_percent(self) -> float:
+        return self.sup.mirror_percent
+
+    def set_mirror_percent(self, percent: float) -> None:
+        self.sup.set_mirror_percent(percent)
+
+    @property
+    def draining(self) -> bool:
+        # /ready is 503 until every worker has listened once, and while draining.
+        return self.sup.draining or not self.sup.all_ready
+
+    async def render_metrics(self) -> bytes:
+        from .metrics import render_snapshots
+
+        return render_snapshots(await self.sup.snapshots())
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the workers; serves their admin endpoint."""
+
+    def __init__(self, config: Config, config_path: str | None, overrides: dict[str, object],
+                 n: int) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.n = n
+        self.children: dict[int, Child] = {}
+        self.percent_override: float | None = None  # set by PUT /mirror, reset by SIGHUP
+        self.draining = False
+        self.all_ready = False
+        self.exit_code = 0
+        self.retired: dict[str, Any] | None = None  # counters of dead workers (see _retire)
+        self._seq = 0
+        self._stopping = asyncio.Event()
+
+    # -- lifetime ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._dispatch_signal, signum)
+        admin_server = None
+        if self.config.admin is not None:
+            from .admin import start_admin
+
+            admin = self.config.admin
+            try:
+                admin_server = await start_admin(SupervisorRuntime(self), admin.host, admin.port)
+            except OSError as exc:
+                return _fail(f"admin: cannot listen on {admin}: {exc.strerror or exc}")
+        log.info("supervisor pid %d starting %d workers", os.getpid(), self.n)
+        slots = [loop.create_task(self._keep_running(i)) for i in range(self.n)]
+        heartbeat = loop.create_task(self._heartbeat())
+        await self._stopping.wait()
+        deadline = self.config.drain_timeout + KILL_GRACE
+        _, late = await asyncio.wait(slots, timeout=deadline)
+        for child in self.children.values():
+            if child.alive:
+                log.warning("worker %d (pid %d) still running %.0f s after SIGTERM: killing",
+                            child.index, child.pid, deadline)
+                child.kill(signal.SIGKILL)
+        if late:
+            await asyncio.wait(late, timeout=2.0)
+        for task in (*late, heartbeat):
+            task.cancel()
+        if admin_server is not None:
+            admin_server.close()
+        log.info("supervisor exiting")
+        return self.exit_code
+
+    def _dispatch_signal(self, signum: int) -> None:
+        getattr(self, f"handle_{signal.Signals(signum).name.lower()}")()
+
+    def handle_sigterm(self) -> None:
+        if self.draining:
+            log.info("already draining")
+            return
+        log.info("draining %d workers", sum(c.alive for c in self.children.values()))
+        self._stop()
+
+    handle_sigint = handle_sigterm
+
+    def handle_sighup(self) -> None:
+        """Reload here (for /config) and in every worker (each reloads itself)."""
+        if self.config_path is not None:
+            try:
+                config = load_config(self.config_path, self.overrides)
+            except ConfigError as exc:
+                log.error("SIGHUP: config not reloaded: %s", exc)
+            else:
+                if config.effective_workers != self.n:
+                    log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
+                                self.n)
+                self.config = config
+                self.percent_override = None  # the file's percent wins, as with one worker
+        for child in self.children.values():
+            if child.ready:
+                child.kill(signal.SIGHUP)
+            else:
+                child.reload_pending = True
+
+    def _stop(self, exit_code: int = 0) -> None:
+        from .server import sd_notify
+
+        self.draining = True
+        self.exit_code = self.exit_code or exit_code
+        sd_notify("STOPPING=1")
+        for child in self.children.values():
+            child.kill(signal.SIGTERM)
+        self._stopping.set()
+
+    # -- one worker slot: start, watch, restart ------------------------------------
+
+    async def _keep_running(self, index: int) -> None:
+        backoff = BACKOFF_MIN
+        while not self.draining:
+            try:
+                child = await self._spawn(index)
+            except OSError as exc:
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                log.error("worker %d: cannot start: %s; retrying in %.1f s", index, exc, backoff)
+            else:
+                await self._watch(child)
+                if self.draining:
+                    return
+                if not self.all_ready and not child.ready:
+                    code = child.proc.returncode
+                    log.error("worker %d (pid %d) %s before it listened: stopping",
+                              index, child.pid, _describe(code))
+                    self._stop(2 if code == 2 else 1)
+                    return
+                young = time.monotonic() - child.started < YOUNG
+                backoff = min(BACKOFF_MAX, backoff * 2) if young else BACKOFF_MIN
+                log.warning("worker %d (pid %d) %s; restarting in %.1f s",
+                            index, child.pid, _describe(child.proc.returncode), backoff)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            except TimeoutError:
+                pass
+
+    async def _spawn(self, index: int) -> Child:
+        ours, theirs = socket.socketpair()
+        spec = {"index": index, "fd": theirs.fileno(), "config_path": self.config_path,
+                "overrides": self.overrides, "mirror_percent": self.percent_override}
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        try:  # fork+exec takes ~1 ms of the loop, only at start and restart
+            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.workers"],  # noqa: ASYNC220
+                                    stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        assert proc.stdin is not None
         try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        children.pop(pid, None)
-        if os.waitstatus_to_exitcode(code) != 0:
-            status = 1
-    return status
+            proc.stdin.write(orjson.dumps(spec))  # a few hundred bytes: fits the pipe buffer
+            proc.stdin.close()
+        except OSError:  # died at once; _watch sees it
+            pass
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_LIMIT)
+        child = self.children[index] = Child(index, proc, reader, writer)
+        if self.draining:
+            child.kill(signal.SIGTERM)
+        log.debug("worker %d started, pid %d", index, proc.pid)
+        return child
+
+    async def _watch(self, child: Child) -> None:
+        """Read the child's messages until its channel closes, then reap it."""
+        try:
+            while line := await child.reader.readline():
+                child.last_heard = time.monotonic()
+                self._on_message(child, orjson.loads(line))
+        except (OSError, ValueError) as exc:
+            log.error("worker %d (pid %d): control channel failed: %s", child.index, child.pid, exc)
+            child.kill(signal.SIGKILL)
+        child.writer.close()
+        for fut in child.pending.values():
+            fut.cancel()
+        # EOF comes when the process exits (nothing else holds its end), so this is short;
+        # the bound covers a worker that closed the channel and hangs while draining.
+        deadline = time.monotonic() + self.config.drain_timeout + KILL_GRACE
+        while child.proc.poll() is None:
+            if time.monotonic() > deadline:
+                child.kill(signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(0.02)
+        if child.last_snapshot is not None:
+            self._retire(child.last_snapshot)
+
+    def _on_message(self, child: Child, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        if "snapshot" in msg:
+            fut = child.pending.pop(msg.get("id", 0), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg["snapshot"])
+        elif msg.get("op") == "ready":
+            self._on_ready(child)
+
+    def _on_ready(self, child: Child) -> None:
+        from .server import sd_notify
+
+        child.ready = True
+        if child.reload_pending:
+            child.kill(signal.SIGHUP)
+        if self.all_ready:
+            log.info("worker %d restarted, pid %d", child.index, child.pid)
+        elif len(self.children) == self.n and all(c.ready for c in self.children.values()):
+            self.all_ready = True
+            log.info("%d workers listening on %s", self.n, self.config.listen)
+            sd_notify("READY=1")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            now = time.monotonic()
+            for child in list(self.children.values()):
+                if not child.ready or not child.alive:
+                    continue
+                if now - child.last_heard > HEARTBEAT_DEAD and not self.draining:
+                    log.error("worker %d (pid %d) silent for %.0f s: killing",
+                              child.index, child.pid, now - child.last_heard)
+                    child.kill(signal.SIGKILL)
+                else:
+                    child.send({"op": "ping"})
+
+    # -- what the admin endpoint needs -----------------------------------------------
+
+    @property
+    def mirror_percent(self) -> float:
+        if self.percent_override is not None:
+            return self.percent_override
+        return self.config.mirror_percent
+
+    def set_mirror_percent(self, percent: float) -> None:
+        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
+        self.percent_override = percent
+        for child in self.children.values():
+            child.send({"op": "percent", "value": percent})
+
+    async def snapshots(self) -> list[dict[str, Any]]:
+        """Every ready worker's ``Registry.snapshot()``; one that is late is left out."""
+        loop = asyncio.get_running_loop()
+        asked: dict[asyncio.Future[dict[str, Any]], Child] = {}
+        for child in self.children.values():
+            if child.ready and child.alive and not child.writer.is_closing():
+                self._seq += 1
+                fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+                child.pending[self._seq] = fut
+                child.send({"op": "snapshot", "id": self._seq})
+                asked[fut] = child
+        if asked:
+            await asyncio.wait(asked, timeout=SCRAPE_TIMEOUT)
+        out = []
+        for fut, child in asked.items():
+            if fut.done() and not fut.cancelled():
+                child.last_snapshot = fut.result()
+                out.append(child.last_snapshot)
+            else:
+                fut.cancel()
+                log.warning("worker %d (pid %d): no metrics within %.1f s; left out of this scrape",
+                            child.index, child.pid, SCRAPE_TIMEOUT)
+        # Dead workers' counters stay in the sum, so restarts never make a counter go
+        # down (which Prometheus' rate() would read as a reset, a spike).
+        if self.retired is not None:
+            out.append(self.retired)
+        return out
+
+    def _retire(self, snap: dict[str, Any]) -> None:
+        """Keep a dead worker's last counters; its gauges go to zero."""
+        from .metrics import Registry
+
+        snap = dict(snap, connections_active=0, mirror_percent=0.0,
+                    mirrors=[dict(m, depth=0) for m in snap.get("mirrors", ())])
+        parts = [snap] if self.retired is None else [self.retired, snap]
+        self.retired = Registry.merge(parts, process=False).snapshot()
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is None:
+        return "is running"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+# ---------------------------------------------------------------------------------
+# worker side: `python -m fastmirror.workers`, spec as JSON on stdin
+# ---------------------------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """One worker process: its own SO_REUSEPORT listener, no admin, a control channel."""
+    # The supervisor may forward a SIGHUP before Worker.run installs its handler, and
+    # SIGHUP's default action is to exit; ignore it until then.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    spec = orjson.loads(sys.stdin.buffer.read())
+    control = socket.socket(fileno=spec["fd"])
+    path, overrides = spec["config_path"], spec["overrides"]
+    try:
+        config = load_config(path, overrides)
+        setup_logging(config.log_level)
+        sock = bind_listener(config.listen, reuse_port=True)
+    except ConfigError as exc:
+        return _fail(f"worker {spec['index']}: {exc}")
+    import uvloop
+
+    from .server import Worker
+
+    worker = Worker(config, path, overrides, listen_sock=sock, admin=False, notify=False,
+                    control=control)
+    if spec.get("mirror_percent") is not None:
+        worker.runtime.set_mirror_percent(float(spec["mirror_percent"]))
+    return uvloop.run(worker.run())
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -45,7 +45,7 @@ def upstream() -> Iterator[RecordingServer]:
 def shared_proxy(upstream: RecordingServer) -> Iterator[Proxy]:
     proxy = start_proxy(primary=upstream, shadow=None)
     yield proxy
-    proxy.terminate()
+    proxy.close()
 
 
 @pytest.fixture

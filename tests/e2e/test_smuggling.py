@@ -34,7 +34,7 @@ def shared_proxy(upstreams: tuple[RecordingServer, RecordingServer]) -> Iterator
     # Mirror everything, so that a request leaking to the shadow would be seen too.
     proxy = start_proxy("--mirror-percent", "100", "--mirror-methods", "ALL", primary=primary, shadow=shadow)
     yield proxy
-    proxy.terminate()
+    proxy.close()
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastmirror import _core_py
 
+_core_c: ModuleType | None
 try:
     from fastmirror import _core as _core_c
 except ImportError:   # not built: test_compiled_core_loaded says whether that is fine
@@ -31,7 +32,8 @@ NO_EXTENSIONS = os.environ.get("FASTMIRROR_NO_EXTENSIONS", "") not in ("", "0")
 needs_c = pytest.mark.skipif(_core_c is None, reason="fastmirror._core is not built")
 
 IMPLS = [pytest.param(_core_c, id="cython", marks=needs_c), pytest.param(_core_py, id="python")]
-PAIR = (_core_c, _core_py)
+PAIR: tuple[Any, Any] = (_core_c, _core_py)   # for parity tests, skipped without _core
+AVAILABLE = [m for m in PAIR if m is not None]
 PUBLIC = sorted(_core_py.__all__)
 HOTPATH_NAMES = ["CORE_IMPL", *PUBLIC]
 
@@ -41,7 +43,8 @@ FAST = settings(max_examples=300, deadline=None,
 
 @pytest.fixture(params=IMPLS)
 def core(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+    module: ModuleType = request.param
+    return module
 
 
 def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
@@ -60,7 +63,7 @@ def both(name: str, *args: Any) -> None:
 # -- loading ----------------------------------------------------------------------------
 
 def test_compiled_core_loaded() -> None:
-    import fastmirror.hotpath as hotpath
+    from fastmirror import hotpath
 
     if NO_EXTENSIONS:
         assert hotpath.CORE_IMPL == "python"
@@ -68,7 +71,7 @@ def test_compiled_core_loaded() -> None:
     assert hotpath.CORE_IMPL == "cython", (
         "fastmirror._core is not loaded; build it: pip install -e . (or "
         "python setup.py build_ext --inplace)")
-    assert hotpath.check_head is _core_c.check_head
+    assert _core_c is not None and hotpath.check_head is _core_c.check_head
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -82,7 +85,7 @@ def test_hotpath_honours_no_extensions(value: str, expected: str | None) -> None
 
 
 def test_hotpath_exports_every_name() -> None:
-    import fastmirror.hotpath as hotpath
+    from fastmirror import hotpath
 
     assert sorted(hotpath.__all__) == sorted(HOTPATH_NAMES)
     for name in PUBLIC:
@@ -91,7 +94,8 @@ def test_hotpath_exports_every_name() -> None:
 
 @needs_c
 def test_both_modules_have_the_same_names() -> None:
-    assert sorted(_core_c.__all__) == PUBLIC
+    compiled: Any = _core_c
+    assert sorted(compiled.__all__) == PUBLIC
     for name in PUBLIC:
         assert hasattr(_core_c, name) and hasattr(_core_py, name), name
     for name in PUBLIC:
@@ -123,7 +127,7 @@ def test_percent_to_ppm_rejects(core: ModuleType) -> None:
     with pytest.raises(ValueError):
         core.percent_to_ppm(float("nan"))
     with pytest.raises(TypeError):
-        core.percent_to_ppm("5")  # type: ignore[arg-type]
+        core.percent_to_ppm("5")
 
 
 def test_sample_with_fixed_draws(core: ModuleType) -> None:
@@ -141,7 +145,7 @@ def test_sample_rejects_out_of_range_draws(core: ModuleType) -> None:
         with pytest.raises(OverflowError):
             core.sample(10, draw)
     with pytest.raises(TypeError):
-        core.sample(10, 1.5)  # type: ignore[arg-type]
+        core.sample(10, 1.5)
 
 
 def test_random_u64(core: ModuleType) -> None:
@@ -173,6 +177,7 @@ def test_random_u64_reseeds_in_forked_children(core: ModuleType) -> None:
 
 @needs_c
 def test_random_u64_same_sequence_in_both() -> None:
+    assert _core_c is not None
     for m in PAIR:
         m.seed_random(2**70 + 5)   # masked to 64 bits
     assert [_core_c.random_u64() for _ in range(100)] == [
@@ -191,7 +196,7 @@ def test_key_hash_fnv1a_vectors(core: ModuleType, key: bytes, expected: int) -> 
 
 def test_key_hash_rejects_str(core: ModuleType) -> None:
     with pytest.raises(TypeError):
-        core.key_hash("abc")  # type: ignore[arg-type]
+        core.key_hash("abc")
 
 
 # -- request heads ----------------------------------------------------------------------
@@ -292,7 +297,8 @@ BODY = b"5\r\nhello\r\n1A;name=value;x\r\n" + b"z" * 26 + b"\r\n0\r\nExpires: ne
 
 
 def feed_whole(scanner: Any, data: bytes) -> int:
-    return scanner.feed(data)
+    n: int = scanner.feed(data)
+    return n
 
 
 def feed_bytewise(scanner: Any, data: bytes) -> int:
@@ -412,7 +418,7 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
 @FAST
 @given(body=chunked_bodies(), trailing=st.binary(max_size=20), data=st.data())
 def test_chunked_scanner_property(body: bytes, trailing: bytes, data: st.DataObject) -> None:
-    for m in (_core_py,) if _core_c is None else PAIR:
+    for m in AVAILABLE:
         assert m.ChunkedScanner().feed(body + trailing) == len(body)
         assert feed_bytewise(m.ChunkedScanner(), body) == len(body)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(body) + len(trailing)), max_size=6)))
@@ -562,12 +568,12 @@ def test_shadow_head_only_changes_host_and_adds_extra(
             rest = value[len(lead) + name_end:]
             want[first] = lines[first][:5] + lead + host[:name_end] + suffix + rest
     expected = b"GET / HTTP/1.1\r\n" + b"".join(l + b"\r\n" for l in want) + extra + b"\r\n"
-    for m in (_core_py,) if _core_c is None else PAIR:
+    for m in AVAILABLE:
         assert m.shadow_head(head, suffix, extra) == expected
 
 
 @FAST
 @given(ppm=st.integers(0, 1_000_000), draw=st.integers(0, 2**64 - 1))
 def test_sample_is_draw_mod_scale_below_ppm(ppm: int, draw: int) -> None:
-    for m in (_core_py,) if _core_c is None else PAIR:
+    for m in AVAILABLE:
         assert m.sample(ppm, draw) is (draw % 1_000_000 < ppm)

@@ -1,0 +1,258 @@
+"""--workers N: a supervisor and N worker processes sharing the port (SO_REUSEPORT).
+
+Real processes on 127.0.0.1. Every wait is bounded; every process is ended by PID
+(the run_proxy fixture ends the supervisor, which ends its workers).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+from conftest import read_response, write_toml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+WORKERS = ("--workers", "2")
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def children(pid: int) -> dict[int, str]:
+    """{pid: cmdline} of the live (not zombie) processes whose parent is pid."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(entry)] = cmdline
+    return out
+
+
+def workers_of(proxy, n: int = 2, timeout: float = 10.0) -> dict[int, str]:
+    """The supervisor's n worker processes, waiting (bounded) for them to be there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {p: c for p, c in children(proxy.pid).items() if "fastmirror.workers" in c}
+        if len(found) == n or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """True while /proc/pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def get_fresh(proxy, path: str, timeout: float = 5.0) -> int:
+    """GET path on a new connection (so SO_REUSEPORT may pick any worker); the status."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: fm.test\r\n\r\n".encode())
+        return read_response(sock, timeout=timeout).status
+
+
+def upstream_ports(pid: int, remote_port: int) -> set[int]:
+    """Local ports of pid's TCP sockets connected to 127.0.0.1:remote_port (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    ports = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            local, remote, inode = cols[1], cols[2], int(cols[9])
+            if inode in inodes and int(remote.split(":")[1], 16) == remote_port:
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def mirror_percent_gauge(proxy) -> float:
+    """fastmirror_mirror_percent as scraped: the largest value any worker uses."""
+    return proxy.metric("fastmirror_mirror_percent")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# -- tests ------------------------------------------------------------------------
+
+
+def test_two_workers_are_children_of_the_supervisor(run_proxy, primary):
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, (children(proxy.pid), proxy.describe())
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        for i in range(5):
+            resp = client.get(f"{proxy.url}/w/{i}")
+            assert resp.status_code == 200 and resp.content == b"hello from primary\n"
+    for i in range(20):
+        assert get_fresh(proxy, f"/fresh/{i}") == 200
+    assert len(primary.wait_for_requests(25)) == 25
+    # The supervisor serves the admin endpoint itself.
+    assert proxy.admin("GET", "/ready").status_code == 200
+    assert orjson.loads(proxy.admin("GET", "/config").content)["workers"] == 2
+
+
+def test_metrics_sum_all_workers(run_proxy, primary):
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, proxy.describe()
+    for i in range(200):
+        assert get_fresh(proxy, f"/m/{i}") == 200
+    assert len(primary.wait_for_requests(200)) == 200
+    # Both workers served some: each holds its own keep-alive connection to the primary.
+    primary_port = int(primary.address.rsplit(":", 1)[1])
+    per_worker = {pid: upstream_ports(pid, primary_port) for pid in workers}
+    assert all(per_worker.values()), per_worker
+    assert proxy.metric("fastmirror_responses_total", role="primary") == 200, proxy.describe()
+    assert proxy.metric("fastmirror_downstream_requests_total") == 200
+    assert proxy.metric("fastmirror_request_duration_seconds_count", role="primary") == 200
+
+
+def test_put_mirror_reaches_every_worker(run_proxy, primary, shadow):
+    proxy = run_proxy(*WORKERS)
+    assert len(workers_of(proxy)) == 2, proxy.describe()
+    for i in range(20):
+        assert get_fresh(proxy, f"/before/{i}") == 200
+    assert len(shadow.wait_for_requests(20)) == 20  # mirroring is on in both workers
+
+    resp = proxy.admin("PUT", "/mirror?percent=0")
+    assert resp.status_code == 200 and orjson.loads(resp.content) == {"percent": 0.0}
+    assert orjson.loads(proxy.admin("GET", "/mirror").content) == {"percent": 0.0}
+    assert orjson.loads(proxy.admin("GET", "/config").content)["mirror_percent"] == 0
+    assert wait_until(lambda: mirror_percent_gauge(proxy) == 0, 5), proxy.describe()
+
+    shadow.clear()
+    primary.clear()
+    for i in range(100):
+        assert get_fresh(proxy, f"/after/{i}") == 200
+    assert len(primary.wait_for_requests(100)) == 100
+    assert shadow.wait_quiet(0.5) == []
+
+
+def test_sigterm_drains_in_flight_request_and_every_process_exits(run_proxy, primary):
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, proxy.describe()
+    result: dict = {}
+
+    def slow() -> None:
+        try:
+            with httpx.Client(trust_env=False, timeout=10) as client:
+                resp = client.get(proxy.url + "/slow?ms=1500")
+                result["status"], result["body"] = resp.status_code, resp.content
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    assert primary.wait_for_requests(1), "slow request not in flight"
+    proxy.signal(signal.SIGTERM)
+    assert wait_until(lambda: proxy.admin("GET", "/ready", timeout=1).status_code == 503, 1.0)
+    assert proxy.admin("GET", "/healthz", timeout=1).status_code == 200
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result.get("status") == 200 and result["body"] == b"hello from primary\n", result
+    assert proxy.wait(timeout=10) == 0, proxy.describe()
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 5), workers
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+
+def test_killed_worker_is_restarted(run_proxy, primary):
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, proxy.describe()
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not alive(victim), 5)
+
+    def replaced() -> bool:
+        now = workers_of(proxy, timeout=0)
+        return len(now) == 2 and victim not in now
+    assert wait_until(replaced, 10), (children(proxy.pid), proxy.describe())
+    survivors = set(workers_of(proxy)) - {victim}
+    assert (set(workers) - {victim}) <= survivors
+    assert "restarting" in proxy.stderr_text()
+    # The new worker takes its share of new connections: all of them are answered.
+    assert wait_until(lambda: proxy.admin("GET", "/ready").status_code == 200, 5)
+    time.sleep(0.5)  # let the new worker's listener and control channel settle
+    for i in range(50):
+        assert get_fresh(proxy, f"/after-kill/{i}") == 200
+    assert proxy.proc.poll() is None
+    assert proxy.metric("fastmirror_responses_total", role="primary", code="2xx") >= 50
+
+
+def test_sighup_reload_reaches_every_worker(run_proxy, primary, shadow):
+    proxy = run_proxy(*WORKERS, config={"mirror_percent": 100})
+    assert len(workers_of(proxy)) == 2, proxy.describe()
+    for i in range(20):
+        assert get_fresh(proxy, f"/before/{i}") == 200
+    assert len(shadow.wait_for_requests(20)) == 20
+
+    write_toml(proxy.config_path, {"listen": proxy.address, "admin": f"127.0.0.1:{proxy.admin_port}",
+                                   "primary": primary.address, "shadow": [shadow.address],
+                                   "mirror_percent": 0})
+    proxy.signal(signal.SIGHUP)
+    assert wait_until(lambda: orjson.loads(proxy.admin("GET", "/config").content)["mirror_percent"] == 0, 5)
+    assert wait_until(lambda: mirror_percent_gauge(proxy) == 0, 5), proxy.describe()
+
+    shadow.clear()
+    primary.clear()
+    for i in range(100):
+        assert get_fresh(proxy, f"/after/{i}") == 200
+    assert len(primary.wait_for_requests(100)) == 100
+    assert shadow.wait_quiet(0.5) == []
+    assert proxy.proc.poll() is None
+
+
+def test_workers_exit_when_the_supervisor_dies(run_proxy, primary):
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, proxy.describe()
+    proxy.signal(signal.SIGKILL)
+    proxy.wait(timeout=5)
+    # EOF on the control channel: each worker drains (nothing in flight) and exits.
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 10), workers
+
+
+def test_unbindable_listen_address_is_one_line_exit_2(run_proxy, primary):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proxy = run_proxy(*WORKERS, shadow=None, port=port, wait_ready=False)
+        assert proxy.wait(timeout=10) == 2
+    lines = proxy.stderr_text().strip().splitlines()
+    assert len(lines) == 1 and "listen" in lines[0] and str(port) in lines[0], lines
+    assert children(proxy.pid) == {}
