@@ -121,3 +121,21 @@ def parse_response_head(head: bytes | bytearray | memoryview) -> tuple[int, int,
             with Transfer-Encoding (RFC 9112 6.3: an intermediary that forwards bytes
             untouched cannot remove it, so it refuses the message).
     """
+
+REQ_CONN_CLOSE: Final[int]       # 1: a Connection header has the token "close"
+REQ_CONN_KEEP_ALIVE: Final[int]  # 2: ... the token "keep-alive"
+REQ_CONN_HOP: Final[int]         # 4: a hop-by-hop header line is present (to strip)
+
+def parse_request_fast(
+    head: bytes | bytearray | memoryview,
+) -> tuple[bytes, bytes, int, int, bool, int] | None:
+    """(method, target, minor, content_length, chunked, conn_flags) of a request head, or None.
+
+    The strict fast path: accepts only a subset of what h11 accepts, read the same way
+    (token method, visible-ASCII target, HTTP/1.0 or 1.1, CRLF line ends, token field
+    names directly followed by ':', field values of VCHAR/obs-text/SP/HT, exactly one
+    Host in HTTP/1.1 and at most one elsewhere, at most one all-digit Content-Length of
+    up to 18 digits, Transfer-Encoding exactly "chunked" in HTTP/1.1 without
+    Content-Length, Connection tokens only close/keep-alive, no Upgrade header).
+    content_length is -1 when absent. None means "ask h11", not "invalid".
+    """

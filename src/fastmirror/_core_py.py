@@ -23,11 +23,15 @@ __all__ = (
     "HEAD_ERR_SPACE_BEFORE_COLON",
     "HEAD_OK",
     "PPM_SCALE",
+    "REQ_CONN_CLOSE",
+    "REQ_CONN_HOP",
+    "REQ_CONN_KEEP_ALIVE",
     "ChunkedError",
     "ChunkedScanner",
     "check_head",
     "find_head_end",
     "key_hash",
+    "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
     "random_u64",
@@ -482,3 +486,72 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
     # Not chunked but Transfer-Encoding: the body runs to the close (RFC 9112 6.3).
     return (status, minor, length, chunked,
             conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked))
+
+
+# -- request heads: the strict fast path ----------------------------------------------
+
+REQ_CONN_CLOSE = 1
+REQ_CONN_KEEP_ALIVE = 2
+REQ_CONN_HOP = 4
+
+_TCHARS = rb"-!#$%&'*+.^_`|~0-9A-Za-z"
+_REQUEST_LINE = re.compile(rb"([" + _TCHARS + rb"]+) ([\x21-\x7e]+) HTTP/1\.([01])")
+_FIELD_LINE = re.compile(rb"([" + _TCHARS + rb"]+):[ \t]*((?:[\x21-\x7e\x80-\xff]|[ \t])*?)[ \t]*")
+_OTHER_HOP = (b"keep-alive", b"proxy-connection", b"te", b"trailer")
+
+
+def _conn_tokens(value: bytes) -> int:
+    flags = 0
+    for token in value.split(b","):
+        token = token.strip(_OWS).lower()
+        if not token:
+            continue
+        if token == b"close":
+            flags |= REQ_CONN_CLOSE
+        elif token == b"keep-alive":
+            flags |= REQ_CONN_KEEP_ALIVE
+        else:
+            return -1
+    return flags
+
+
+def parse_request_fast(head: bytes) -> tuple[bytes, bytes, int, int, bool, int] | None:
+    """(method, target, minor, content_length, chunked, conn_flags), or None (see _core.pyi)."""
+    data = bytes(_as_bytes(head))
+    if len(data) < 18 or not data.endswith(b"\r\n\r\n"):
+        return None
+    lines = data[:-4].split(b"\r\n")
+    m = _REQUEST_LINE.fullmatch(lines[0])
+    if m is None:
+        return None
+    method, target, minor = m.group(1), m.group(2), int(m.group(3))
+    hosts = flags = 0
+    length = -1
+    chunked = False
+    for line in lines[1:]:
+        f = _FIELD_LINE.fullmatch(line)
+        if f is None:
+            return None
+        name, value = f.group(1).lower(), f.group(2)
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            if length >= 0 or not (1 <= len(value) <= 18 and value.isdigit()):
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                return None
+            chunked = True
+        elif name == b"connection":
+            tokens = _conn_tokens(value)
+            if tokens < 0:
+                return None
+            flags |= tokens | REQ_CONN_HOP
+        elif name in _OTHER_HOP:
+            flags |= REQ_CONN_HOP
+        elif name == b"upgrade":
+            return None
+    if (chunked and (length >= 0 or minor == 0)) or hosts > 1 or (minor == 1 and hosts == 0):
+        return None
+    return method, target, minor, length, chunked, flags

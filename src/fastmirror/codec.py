@@ -20,10 +20,14 @@ import h11
 
 from .hotpath import (
     HEAD_ERR_MESSAGES,
+    REQ_CONN_CLOSE,
+    REQ_CONN_HOP,
+    REQ_CONN_KEEP_ALIVE,
     ChunkedError,
     ChunkedScanner,
     check_head,
     find_head_end,
+    parse_request_fast,
     parse_response_head,
 )
 
@@ -103,19 +107,18 @@ class RequestHead:
     """One validated request head and what the proxy needs to know about it."""
 
     __slots__ = (
-        "raw", "forward", "method", "target", "http10", "headers",
+        "raw", "forward", "method", "target", "http10",
         "content_length", "chunked", "keep_alive", "upgrade",
     )
 
     def __init__(self, raw: bytes, forward: bytes, method: bytes, target: bytes,
-                 http10: bool, headers: list[tuple[bytes, bytes]], content_length: int,
-                 chunked: bool, keep_alive: bool, upgrade: bool) -> None:
+                 http10: bool, content_length: int, chunked: bool, keep_alive: bool,
+                 upgrade: bool) -> None:
         self.raw = raw                    # the head exactly as the client sent it
         self.forward = forward            # what goes upstream: raw minus hop-by-hop lines
         self.method = method
         self.target = target
         self.http10 = http10
-        self.headers = headers            # (lower-cased name, value), as h11 parsed them
         self.content_length = content_length  # -1: none
         self.chunked = chunked
         self.keep_alive = keep_alive      # the client may send another request afterwards
@@ -126,19 +129,46 @@ class RequestHead:
         return self.chunked or self.content_length > 0
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        """The first value of header `name` (lower case), or None.
+
+        A validated head has CRLF line ends, no obs-fold and no space before a colon,
+        so "CRLF name:" finds exactly the header lines of that name.
+        """
+        raw = self.raw
+        at = raw.lower().find(b"\r\n" + name + b":")
+        if at < 0:
+            return None
+        start = at + len(name) + 3
+        return raw[start:raw.index(b"\r\n", start)].strip(b" \t")
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
     """Validate one complete request head (ending in CRLFCRLF).
 
+    The strict common case is read by the core in one pass; everything else goes to
+    h11 and the checks below, which accept it or refuse it.
+
     Raises:
         HttpError: 400 for anything malformed or ambiguous, 501 for an unsupported
-            transfer-coding.
+            transfer-coding, 505 for an HTTP version other than 1.0 and 1.1.
     """
+    fast = parse_request_fast(raw)
+    if fast is None:
+        return _parse_request_head_slow(raw)
+    method, target, minor, content_length, chunked, flags = fast
+    forward = raw
+    if flags & REQ_CONN_HOP:
+        tokens = [t for bit, t in _CONN_TOKEN_BITS if flags & bit]
+        forward = _strip_hop_by_hop(raw, raw.lower(), tokens, False)
+    keep_alive = minor == 1 and not flags & REQ_CONN_CLOSE
+    return RequestHead(raw, forward, method, target, minor == 0, content_length, chunked,
+                       keep_alive, False)
+
+
+_CONN_TOKEN_BITS = ((REQ_CONN_CLOSE, b"close"), (REQ_CONN_KEEP_ALIVE, b"keep-alive"))
+
+
+def _parse_request_head_slow(raw: bytes) -> RequestHead:
     code = check_head(raw)
     if code:
         raise HttpError(400, HEAD_ERR_MESSAGES[code])
@@ -153,7 +183,6 @@ def parse_request_head(raw: bytes) -> RequestHead:
         raise HttpError(exc.error_status_hint, str(exc)) from None
     if type(event) is not h11.Request:
         raise HttpError(400, "incomplete request head")
-
     if event.http_version not in (b"1.1", b"1.0"):
         raise HttpError(505, "HTTP version not supported")
     # h11 merges duplicate Content-Length headers and accepts "5, 5"; count the raw
@@ -181,7 +210,7 @@ def parse_request_head(raw: bytes) -> RequestHead:
     keep_alive = not http10 and b"close" not in conn_tokens
     forward = _strip_hop_by_hop(raw, lower, conn_tokens, upgrade)
     return RequestHead(raw, forward, event.method, event.target, http10,
-                       list(event.headers), content_length, chunked, keep_alive, upgrade)
+                       content_length, chunked, keep_alive, upgrade)
 
 
 def _content_length(value: bytes, lower: bytes) -> int:

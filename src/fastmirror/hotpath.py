@@ -26,11 +26,15 @@ __all__ = (
     "HEAD_ERR_SPACE_BEFORE_COLON",
     "HEAD_OK",
     "PPM_SCALE",
+    "REQ_CONN_CLOSE",
+    "REQ_CONN_HOP",
+    "REQ_CONN_KEEP_ALIVE",
     "ChunkedError",
     "ChunkedScanner",
     "check_head",
     "find_head_end",
     "key_hash",
+    "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
     "random_u64",
@@ -81,3 +85,7 @@ shadow_head = _impl.shadow_head
 ChunkedError = _impl.ChunkedError
 ChunkedScanner = _impl.ChunkedScanner
 parse_response_head = _impl.parse_response_head
+parse_request_fast = _impl.parse_request_fast
+REQ_CONN_CLOSE = _impl.REQ_CONN_CLOSE
+REQ_CONN_KEEP_ALIVE = _impl.REQ_CONN_KEEP_ALIVE
+REQ_CONN_HOP = _impl.REQ_CONN_HOP

@@ -6,10 +6,12 @@ h11's own test_io.py.
 
 from __future__ import annotations
 
+import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastmirror import codec
 from fastmirror.codec import (
     BodyFramer,
     HttpError,
@@ -18,6 +20,7 @@ from fastmirror.codec import (
     error_response,
     parse_request_head,
 )
+from fastmirror.hotpath import parse_request_fast
 
 H = b"Host: example.com\r\n"
 
@@ -247,3 +250,45 @@ def test_response_split_anywhere(body, step):
     data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     framer, out = frame_response(data, step)
     assert framer.done and out == data
+
+
+# -- the core's fast path agrees with h11 ------------------------------------------------
+
+
+REQUEST_LINES = [b"GET / HTTP/1.1", b"POST /a?b=1 HTTP/1.1", b"GET /x HTTP/1.0", b"DELETE /%41 HTTP/1.1",
+                 b"OPTIONS * HTTP/1.1", b"GET http://h/x HTTP/1.1", b"M-SEARCH * HTTP/1.1"]
+HEADER_LINES = [b"Host: a", b"Host: b:80", b"Host:", b"Content-Length: 5", b"content-length:0",
+                b"Content-Length: 007", b"Transfer-Encoding: chunked", b"TRANSFER-ENCODING: CHUNKED",
+                b"Connection: close", b"Connection: keep-alive, close", b"connection: Keep-Alive",
+                b"Keep-Alive: timeout=5", b"TE: trailers", b"Trailer: x", b"Proxy-Connection: close",
+                b"X-A: b c", b"X-A:\tb\t", b"X-A: \xff\x80", b"Expect: 100-continue", b"Accept: */*",
+                b"X-Weird!#$%&'*+.^_`|~: v", b"Cookie: a=b; c=d"]
+
+
+@st.composite
+def plausible_heads(draw) -> bytes:
+    line = draw(st.sampled_from(REQUEST_LINES))
+    headers = draw(st.lists(st.sampled_from(HEADER_LINES), max_size=6))
+    return b"\r\n".join([line, *headers]) + b"\r\n\r\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(plausible_heads())
+def test_fast_path_reads_heads_exactly_as_h11_does(raw):
+    """Whatever the fast path accepts, the h11 path accepts and reads the same way."""
+    fast = parse_request_fast(raw)
+    if fast is None:
+        return
+    slow = codec._parse_request_head_slow(raw)
+    got = codec.parse_request_head(raw)
+    for field in ("forward", "method", "target", "http10", "content_length", "chunked",
+                  "keep_alive", "upgrade"):
+        assert getattr(got, field) == getattr(slow, field), field
+
+
+def test_fast_path_takes_the_common_heads():
+    for raw in (b"GET /bench?q=1 HTTP/1.1\r\nHost: 127.0.0.1:18040\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n",
+                b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"):
+        assert parse_request_fast(raw) is not None
+    assert h11  # h11 stays the authority for everything else

@@ -577,3 +577,44 @@ def test_shadow_head_only_changes_host_and_adds_extra(
 def test_sample_is_draw_mod_scale_below_ppm(ppm: int, draw: int) -> None:
     for m in AVAILABLE:
         assert m.sample(ppm, draw) is (draw % 1_000_000 < ppm)
+
+
+# -- request heads: the fast path ----------------------------------------------------------
+
+REQUEST_LINES = [b"GET / HTTP/1.1", b"POST /a?b=1 HTTP/1.1", b"GET /x HTTP/1.0", b"G\xe9T / HTTP/1.1",
+                 b"GET  / HTTP/1.1", b"GET / HTTP/1.2", b"GET / HTTP/2.0", b"GET /\x7f HTTP/1.1",
+                 b"OPTIONS * HTTP/1.1", b"GET / http/1.1", b"GET /", b""]
+HEADER_LINES = [b"Host: a", b"host:b:80", b"Host:", b"Content-Length: 5", b"content-length:0",
+                b"Content-Length: 5, 5", b"Content-Length: +5", b"Content-Length: 1234567890123456789",
+                b"Transfer-Encoding: chunked", b"transfer-encoding: Chunked ", b"Transfer-Encoding: gzip",
+                b"Connection: close", b"Connection: keep-alive, close", b"Connection: Upgrade",
+                b"Connection: x-foo", b"Connection: ,", b"Keep-Alive: 5", b"TE: trailers", b"Trailer: x",
+                b"Proxy-Connection: close", b"Upgrade: websocket", b"X-A: b c", b"X-A:\tb\t",
+                b"X-A : b", b" X-A: b", b"X-A: \x01", b"X-A: \xff\x80", b"X(A): b", b":x", b"noColon",
+                b"X-A: a\rb", b"X-A: a\nb", b"Expect: 100-continue"]
+
+
+@st.composite
+def request_heads(draw: st.DrawFn) -> bytes:
+    line = draw(st.sampled_from(REQUEST_LINES))
+    headers = draw(st.lists(st.sampled_from(HEADER_LINES), max_size=6))
+    sep = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n"]))
+    return sep.join([line, *headers]) + b"\r\n\r\n"
+
+
+@parity
+@FAST
+@given(head=st.one_of(request_heads(), head_like))
+def test_parity_parse_request_fast(head: bytes) -> None:
+    both("parse_request_fast", head)
+    both("parse_request_fast", bytearray(head))
+
+
+def test_parse_request_fast_common_case(core: ModuleType) -> None:
+    head = b"GET /bench?q=1 HTTP/1.1\r\nHost: 127.0.0.1:18040\r\n\r\n"
+    assert core.parse_request_fast(head) == (b"GET", b"/bench?q=1", 1, -1, False, 0)
+    head = b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+    assert core.parse_request_fast(head) == (
+        b"POST", b"/u", 1, 12, False, core.REQ_CONN_KEEP_ALIVE | core.REQ_CONN_HOP)
+    assert core.parse_request_fast(b"GET / HTTP/1.1\r\n\r\n") is None          # no Host: h11 decides
+    assert core.parse_request_fast(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n") is None
