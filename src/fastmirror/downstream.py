@@ -72,6 +72,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self.request_id = ""
         self.retried = False
         self.reused = False
+        self.diff_pending = None   # comparator.Pending: this exchange's responses get compared
+        self.diff_capture = None   # mirror.Capture of the primary's response
+        self.diff_submitted = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class DownstreamProtocol(asyncio.Protocol):
         ctx.registry.connections_active -= 1
         if self.head is not None and not self.tunnel:
             self._log(499)  # nginx's code for "client closed the request"
+            self._end_diff("client-closed")
         if self.upstream is not None:
             self.upstream.close()
         if self.pending is not None:
@@ -204,6 +208,11 @@ class DownstreamProtocol(asyncio.Protocol):
             self.mirror_head = shadow_request_head(head.forward, s.host_suffix, self.request_id)
             if self.body is not None:
                 self.mirror_body = bytearray()
+            if s.comparator is not None:
+                self.diff_pending = s.comparator.expect(
+                    self.request_id, head.method, head.target, head.method == b"HEAD")
+                if self.diff_pending is not None:
+                    self.diff_capture = s.comparator.capture()
         elif reason == BODY_TOO_LARGE:
             for shadow in s.shadows:
                 shadow.mirror_stats.skipped += 1
@@ -242,6 +251,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.mirror_reason = BODY_TOO_LARGE
         for shadow in self.settings.shadows:
             shadow.mirror_stats.skipped += 1
+        self._end_diff(BODY_TOO_LARGE)
 
     def _to_upstream(self, chunk: bytes) -> None:
         if self.upstream is not None:
@@ -263,8 +273,11 @@ class DownstreamProtocol(asyncio.Protocol):
             data += self.mirror_body
         self.mirror_body = None
         assert self.head is not None
-        job = MirrorJob(data, self.head.method == b"HEAD", self.request_id)
+        job = MirrorJob(data, self.head.method == b"HEAD", self.request_id, self.diff_pending)
+        self.diff_submitted = True
         outcomes = [shadow.submit(job) for shadow in self.settings.shadows]
+        if job.diff is not None and self.settings.secondary is not None:
+            self.settings.secondary.submit(job)
         if outcomes and outcomes.count(outcomes[0]) != len(outcomes):
             self.mirror_reason = ",".join(outcomes)
         else:
@@ -307,6 +320,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.response_started = True
             self.transport.write(out)
             self.bytes_out += len(out)
+            if self.diff_capture is not None:
+                self.diff_capture.add(out)
         if framer.done:
             self._response_done()
         elif not self.writing_paused:  # the timeout is between reads once the response began
@@ -343,6 +358,13 @@ class DownstreamProtocol(asyncio.Protocol):
         s = self.settings
         s.primary_stats.observe(time.monotonic() - self.started, framer.status)
         self._log(framer.status)
+        if self.diff_pending is not None:
+            if self.diff_submitted:
+                raw, why = self.diff_capture.result()
+                self.diff_pending.primary_done(raw, why)
+                self.diff_pending = None
+            else:
+                self._end_diff("request-incomplete")
         conn, self.upstream = self.upstream, None
         if framer.upgraded:
             self._start_tunnel(conn)
@@ -403,6 +425,7 @@ class DownstreamProtocol(asyncio.Protocol):
         """Answer status if nothing was sent yet, else cut the client off."""
         s = self.settings
         s.primary_stats.error()
+        self._end_diff("primary-failed")
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
@@ -422,6 +445,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _refuse(self, exc: HttpError) -> None:
         """Bad input from the client: a clear 4xx, then close (never forwarded)."""
+        self._end_diff("bad-request")
         if self.upstream is not None:  # part of a bad request may have gone upstream
             self.upstream.close()
             self.upstream = None
@@ -468,6 +492,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self.upstream.close()
         if self.transport is not None:
             self.transport.close()  # flushes what was written, then closes
+
+    def _end_diff(self, reason: str) -> None:
+        """This exchange's responses will not all arrive: let the comparator know why."""
+        pending, self.diff_pending = self.diff_pending, None
+        if pending is None:
+            return
+        if self.diff_submitted:
+            pending.primary_done(None, reason)
+        else:
+            pending.abandon(reason)
 
     def _block(self, reason: int) -> None:
         if not self.blocked and self.transport is not None and not self.closed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import Any
 
 from .hotpath import shadow_head
 from .metrics import MirrorStats
@@ -37,18 +38,41 @@ class RequestIds:
 class MirrorJob:
     """One request as the shadows will receive it."""
 
-    __slots__ = ("data", "head_request", "request_id")
+    __slots__ = ("data", "head_request", "request_id", "diff")
 
-    def __init__(self, data: bytes, head_request: bool, request_id: str) -> None:
+    def __init__(self, data: bytes, head_request: bool, request_id: str,
+                 diff: Any = None) -> None:
         self.data = data
         self.head_request = head_request
         self.request_id = request_id
+        self.diff = diff  # comparator.Pending when the responses are to be compared
 
 
 def shadow_request_head(forward_head: bytes, host_suffix: bytes, request_id: str) -> bytes:
     """The primary's head with Host `name-shadow[:port]` and the marker headers."""
     extra = SHADOW_MARKER + request_id.encode() + b"\r\n"
     return shadow_head(forward_head, host_suffix, extra)
+
+
+class Capture:
+    """A bounded copy of one response as it streams; `data` is None once over the cap."""
+
+    __slots__ = ("data", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.data: bytearray | None = bytearray()
+        self.limit = limit
+
+    def add(self, chunk: bytes) -> None:
+        data = self.data
+        if data is not None:
+            if len(data) + len(chunk) > self.limit:
+                self.data = None
+            else:
+                data += chunk
+
+    def result(self) -> tuple[bytes | None, str]:
+        return (None, "too-large") if self.data is None else (bytes(self.data), "")
 
 
 class MirrorQueue:
@@ -80,9 +104,9 @@ class MirrorQueue:
         self.stats.depth = len(self._jobs)
         return job
 
-    def clear(self) -> int:
-        """Forget every waiting job (shutdown); return how many were waiting."""
-        n = len(self._jobs)
+    def clear(self) -> list[MirrorJob]:
+        """Take every waiting job out (shutdown)."""
+        jobs = list(self._jobs)
         self._jobs.clear()
         self.stats.depth = 0
-        return n
+        return jobs

@@ -40,8 +40,11 @@ class Settings:
     """What requests read from the config, built once per load, never per request."""
 
     def __init__(self, config: Config, registry: Registry, mirror_percent: float,
-                 previous: "Settings | None" = None) -> None:
+                 previous: "Settings | None" = None, comparator: Any = None) -> None:
         self.config = config
+        # comparator.Comparator when diffing is on: mirrored requests get compared.
+        self.comparator = comparator
+        capture_limit = config.diff.max_body if comparator is not None else 0
         self.primary_timeout = config.primary_timeout
         self.idle_timeout = config.idle_timeout
         self.max_head_size = config.max_head_size
@@ -64,13 +67,30 @@ class Settings:
                     concurrency=config.shadow_concurrency, timeout=config.shadow_timeout,
                     connect_timeout=config.connect_timeout,
                     stats=registry.upstream("shadow", str(addr)),
-                    mirror_stats=registry.mirror(str(addr)))
+                    mirror_stats=registry.mirror(str(addr)), capture_limit=capture_limit)
             else:
                 target.queue.maxsize = config.queue_size
                 target.concurrency = config.shadow_concurrency
                 target.timeout = config.shadow_timeout
+                target.capture_limit = capture_limit
             self.shadows.append(target)
         self.retired = list(old_shadows.values())
+        self.secondary: ShadowTarget | None = None
+        if comparator is not None and config.secondary is not None:
+            addr = config.secondary
+            old = previous.secondary if previous else None
+            if old is not None and old.address == str(addr):
+                self.secondary = old
+            else:
+                if old is not None:
+                    self.retired.append(old)
+                self.secondary = ShadowTarget(
+                    addr.host, addr.port, queue_size=config.queue_size,
+                    concurrency=config.shadow_concurrency, timeout=config.shadow_timeout,
+                    connect_timeout=config.connect_timeout,
+                    stats=registry.upstream("secondary", str(addr)),
+                    mirror_stats=registry.mirror(str(addr)), part_name="secondary",
+                    capture_limit=capture_limit)
         self.access_log: AccessLog | None = None
         self.set_mirror_percent(mirror_percent)
 

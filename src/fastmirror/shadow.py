@@ -13,7 +13,7 @@ import time
 
 from .codec import ResponseError, ResponseFramer
 from .metrics import MirrorStats, UpstreamStats
-from .mirror import MirrorJob, MirrorQueue
+from .mirror import Capture, MirrorJob, MirrorQueue
 from .pool import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("fastmirror.shadow")
@@ -30,8 +30,12 @@ class ShadowTarget:
 
     def __init__(self, host: str, port: int, *, queue_size: int, concurrency: int,
                  timeout: float, connect_timeout: float,
-                 stats: UpstreamStats, mirror_stats: MirrorStats) -> None:
+                 stats: UpstreamStats, mirror_stats: MirrorStats,
+                 part_name: str | None = None, capture_limit: int = 0) -> None:
         self.address = f"{host}:{port}"
+        # What the comparator calls this target's response: its address, or "secondary".
+        self.part_name = part_name or self.address
+        self.capture_limit = capture_limit
         self.pool = UpstreamPool(host, port, min(connect_timeout, timeout),
                                  max_idle=concurrency)
         self.queue = MirrorQueue(queue_size, mirror_stats)
@@ -51,13 +55,23 @@ class ShadowTarget:
         (connects are failing: counted as failed without trying).
         """
         if self._down_until and time.monotonic() < self._down_until:
-            self.mirror_stats.failed += 1
-            self.stats.error()
+            self._discard(job, "shadow-down")
             return "shadow-down"
         if len(self.active) < self.concurrency and not len(self.queue):
             self._start(job)
             return "sent"
-        return "sent" if self.queue.offer(job) else "dropped"
+        if self.queue.offer(job):
+            return "sent"
+        if job.diff is not None:
+            job.diff.part_done(self.part_name, None, "dropped")
+        return "dropped"
+
+    def _discard(self, job: MirrorJob, reason: str) -> None:
+        """A copy not even tried: the shadow is in connect backoff (counted failed)."""
+        self.mirror_stats.failed += 1
+        self.stats.error()
+        if job.diff is not None:
+            job.diff.part_done(self.part_name, None, reason)
 
     def _start(self, job: MirrorJob) -> None:
         exchange = ShadowExchange(self, job)
@@ -98,8 +112,7 @@ class ShadowTarget:
             job = queue.take()
             assert job is not None
             if self._down_until and time.monotonic() < self._down_until:
-                self.mirror_stats.failed += 1
-                self.stats.error()
+                self._discard(job, "shadow-down")
                 continue
             self._start(job)
 
@@ -111,8 +124,10 @@ class ShadowTarget:
 
     def close(self) -> None:
         self.closed = True
-        dropped = self.queue.clear()
-        self.mirror_stats.dropped += dropped
+        for job in self.queue.clear():
+            self.mirror_stats.dropped += 1
+            if job.diff is not None:
+                job.diff.part_done(self.part_name, None, "dropped")
         for exchange in list(self.active):
             exchange.fail()
         self.pool.close()
@@ -122,7 +137,7 @@ class ShadowExchange:
     """One copy on its way to the shadow and its response on the way back."""
 
     __slots__ = ("target", "job", "conn", "framer", "started", "deadline",
-                 "finished", "reused", "got_bytes")
+                 "finished", "reused", "got_bytes", "capture")
 
     def __init__(self, target: ShadowTarget, job: MirrorJob) -> None:
         self.target = target
@@ -134,6 +149,7 @@ class ShadowExchange:
         self.finished = False
         self.reused = False
         self.got_bytes = False
+        self.capture = Capture(target.capture_limit) if job.diff is not None else None
 
     def send(self, conn: UpstreamConnection, reused: bool) -> None:
         self.conn = conn
@@ -144,10 +160,12 @@ class ShadowExchange:
     def upstream_data(self, data: bytes) -> None:
         self.got_bytes = True
         try:
-            self.framer.feed(data)
+            out = self.framer.feed(data)
         except ResponseError:
             self.fail()
             return
+        if self.capture is not None:
+            self.capture.add(out)
         if self.framer.done:
             self._succeed()
 
@@ -186,6 +204,9 @@ class ShadowExchange:
         target.mirror_stats.sent += 1
         target.stats.observe(time.monotonic() - self.started, self.framer.status)
         self._detach(reuse=not self.framer.close)
+        if self.capture is not None:
+            raw, reason = self.capture.result()
+            self.job.diff.part_done(target.part_name, raw, reason)
         self._end()
 
     def fail(self) -> None:
@@ -194,6 +215,8 @@ class ShadowExchange:
         self.target.mirror_stats.failed += 1
         self.target.stats.error()
         self._detach(reuse=False)
+        if self.job.diff is not None:
+            self.job.diff.part_done(self.target.part_name, None, "shadow-failed")
         self._end()
 
     def _detach(self, reuse: bool) -> None:
