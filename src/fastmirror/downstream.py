@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from .codec import (
     BodyFramer,
@@ -28,6 +29,11 @@ from .codec import (
 from .mirror import MirrorJob, shadow_request_head
 from .pool import UpstreamConnection
 from .router import BODY_TOO_LARGE, SENT, mirror_decision
+
+if TYPE_CHECKING:
+    from .comparator import Pending
+    from .mirror import Capture
+    from .server import ProxyContext, Settings
 
 log = logging.getLogger("fastmirror.downstream")
 
@@ -45,9 +51,11 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class DownstreamProtocol(asyncio.Protocol):
     """asyncio Protocol for one client connection."""
 
-    def __init__(self, ctx) -> None:  # ctx: server.ProxyContext
+    def __init__(self, ctx: "ProxyContext") -> None:
         self.ctx = ctx
-        self.transport: asyncio.Transport | None = None
+        # Set in connection_made, before any other callback can run.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.settings: Settings = ctx.settings
         self.closed = False
         self.buf = bytearray()
         self.deadline = 0.0       # idle or primary deadline, checked by the server's sweep
@@ -72,8 +80,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.request_id = ""
         self.retried = False
         self.reused = False
-        self.diff_pending = None   # comparator.Pending: this exchange's responses get compared
-        self.diff_capture = None   # mirror.Capture of the primary's response
+        # Set when this exchange's responses get compared (comparator.Pending, and the
+        # bounded copy of the primary's response).
+        self.diff_pending: Pending | None = None
+        self.diff_capture: Capture | None = None
         self.diff_submitted = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -310,6 +320,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.write(data)
             return
         framer = self.framer
+        assert framer is not None  # upstream callbacks only come during an exchange
         try:
             out = framer.feed(data)
         except ResponseError as exc:
@@ -332,6 +343,7 @@ class DownstreamProtocol(asyncio.Protocol):
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             return
+        assert self.framer is not None
         try:
             self.framer.eof()
         except ResponseError:
@@ -343,7 +355,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.upstream = None
         if self.tunnel:
             self._close()
-        elif self.head is not None and not self.framer.done:
+        elif self.head is not None and self.framer is not None and not self.framer.done:
             self._upstream_broken()
 
     def upstream_pause_writing(self) -> None:
@@ -355,11 +367,12 @@ class DownstreamProtocol(asyncio.Protocol):
     def _response_done(self) -> None:
         framer = self.framer
         head = self.head
+        assert framer is not None and head is not None
         s = self.settings
         s.primary_stats.observe(time.monotonic() - self.started, framer.status)
         self._log(framer.status)
         if self.diff_pending is not None:
-            if self.diff_submitted:
+            if self.diff_submitted and self.diff_capture is not None:
                 raw, why = self.diff_capture.result()
                 self.diff_pending.primary_done(raw, why)
                 self.diff_pending = None

@@ -51,6 +51,7 @@ class Settings:
         self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
         primary = config.primary
         old_pool = previous.primary_pool if previous else None
+        self.primary_pool: UpstreamPool
         if old_pool is not None and old_pool.address == str(primary):
             old_pool.connect_timeout = config.connect_timeout
             self.primary_pool = old_pool
