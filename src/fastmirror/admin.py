@@ -12,6 +12,10 @@ GET, HEAD          /config                 the effective configuration as JSON
 GET, HEAD          /mirror                 ``{"percent": P}``
 PUT, POST          /mirror?percent=P       set P (0..100), or a JSON body ``{"percent": P}``;
                                            answers ``{"percent": P}``; 400 ``{"error": ...}``
+GET, HEAD          /diffs                  the response-diff snapshot as JSON;
+                                           ``?format=text`` or ``?format=html`` for people
+GET, HEAD          /report?max_p99_ratio=R fastmirror.report.build_report as JSON (200 for a
+                                           fail verdict too); 400 for a bad threshold
 =================  ======================  ===================================================
 
 Unknown paths get 404, other methods 405 with ``Allow``; errors are JSON
@@ -20,7 +24,9 @@ Unknown paths get 404, other methods 405 with ``Allow``; errors are JSON
 
 The runtime is duck-typed: ``config_dict()`` (or ``.config`` for
 ``fastmirror.config.config_to_dict``), ``mirror_percent``,
-``set_mirror_percent(p)``, ``draining``, ``render_metrics()`` (or ``.registry``). Any of the calls may
+``set_mirror_percent(p)``, ``draining``, ``render_metrics()`` (or ``.registry``),
+``diffs_snapshot()`` (optional: without it, or with ``config.diff.enabled`` false,
+``/diffs`` is the empty snapshot ``{"upstreams": {}}``). Any of the calls may
 return an awaitable (a parent process collecting its workers, say); it is awaited.
 This module does not decide anything about the proxy; it only reads and sets.
 """
@@ -61,7 +67,11 @@ _ALLOW = {
     "/ready": _GET,
     "/config": _GET,
     "/mirror": ("GET", "HEAD", "PUT", "POST"),
+    "/diffs": _GET,
+    "/report": _GET,
 }
+HTML = "text/html; charset=utf-8"
+_DIFF_FORMATS = ("json", "text", "html")
 
 Response = tuple[int, str, bytes, list[tuple[str, str]]]
 
@@ -104,10 +114,11 @@ class Handler:
             raise HTTPError(405, f"method {method} not allowed", [("allow", ", ".join(allow))])
         rt = self.runtime
         if path == "/metrics":
-            # ARCHITECTURE.md's Runtime may only expose .registry; use it then.
-            render = getattr(rt, "render_metrics", None) or rt.registry.render
-            data = await _call(render())
-            return 200, METRICS_CONTENT_TYPE, data.encode() if isinstance(data, str) else bytes(data), []
+            return 200, METRICS_CONTENT_TYPE, await self._metrics(), []
+        if path == "/diffs":
+            return await self._diffs(parts.query)
+        if path == "/report":
+            return await self._report(parts.query)
         if path == "/healthz":
             return 200, TEXT, b"ok", []
         if path == "/ready":
@@ -123,6 +134,44 @@ class Handler:
             raise HTTPError(400, str(exc)) from None
         return _json({"percent": rt.mirror_percent})
 
+    async def _metrics(self) -> bytes:
+        # ARCHITECTURE.md's Runtime may only expose .registry; use it then.
+        render = getattr(self.runtime, "render_metrics", None) or self.runtime.registry.render
+        data = await _call(render())
+        return data.encode() if isinstance(data, str) else bytes(data)
+
+    async def _diffs_snapshot(self) -> dict[str, Any]:
+        rt = self.runtime
+        diff_config = getattr(getattr(rt, "config", None), "diff", None)
+        snapshot = getattr(rt, "diffs_snapshot", None)
+        if snapshot is None or not getattr(diff_config, "enabled", True):
+            return {"upstreams": {}}
+        return cast(dict[str, Any], await _call(snapshot()))
+
+    async def _diffs(self, query: str) -> Response:
+        fmt = _one(parse_qs(query), "format", "json")
+        if fmt not in _DIFF_FORMATS:
+            raise HTTPError(400, f"format must be one of {', '.join(_DIFF_FORMATS)}, not {fmt!r}")
+        snapshot = await self._diffs_snapshot()
+        if fmt == "json":
+            return _json(snapshot)
+        from fastmirror.diff import render_html, render_text
+
+        if fmt == "html":
+            return 200, HTML, render_html(snapshot).encode(), []
+        return 200, TEXT, render_text(snapshot).encode(), []
+
+    async def _report(self, query: str) -> Response:
+        from fastmirror.report import ThresholdError, Thresholds, build_report
+
+        args = parse_qs(query, keep_blank_values=True)
+        try:
+            thresholds = Thresholds.parse({key: _one(args, key, "") for key in args})
+        except ThresholdError as exc:
+            raise HTTPError(400, str(exc)) from None
+        metrics = (await self._metrics()).decode("utf-8", "replace")
+        return _json(build_report(metrics, await self._diffs_snapshot(), thresholds))
+
     async def _config(self) -> Any:
         rt = self.runtime
         if hasattr(rt, "config_dict"):
@@ -130,6 +179,15 @@ class Handler:
         from fastmirror.config import config_to_dict
 
         return config_to_dict(rt.config)
+
+
+def _one(args: dict[str, list[str]], key: str, default: str) -> str:
+    values = args.get(key)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise HTTPError(400, f"{key} given more than once")
+    return values[0]
 
 
 def _parse_percent(query: str, body: bytes) -> float:

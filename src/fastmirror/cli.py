@@ -1,16 +1,19 @@
-"""Command line: the CONTRACT flags and the check-config and demo subcommands.
+"""Command line: the CONTRACT flags and the check-config, demo, diffs and report subcommands.
 
 cli ─▶ config ─▶ workers.  Every flag is declared here and nowhere else.  Flags
 default to argparse.SUPPRESS, so the namespace holds only what the user typed
 and config.load_config() lays exactly that over the file.  Any usage or config
 error is one line on stderr and exit status 2, never a traceback.  This module
 does not run the proxy itself: it hands the Config to fastmirror.workers.run.
+`diffs` and `report` only read a running proxy's admin endpoint over HTTP, so
+they work the same against one process and a supervisor of N workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import importlib.metadata
 import platform
 import sys
@@ -19,10 +22,15 @@ from typing import Any, NoReturn
 
 import orjson
 
-from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, DiffConfig, config_to_dict, load_config, parse_address
 
 PROG = "fastmirror"
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config))
+# What load_config takes as overrides: Config fields, and `diff.<key>` for the [diff] table.
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Config)) | frozenset(
+    f"diff.{f.name}" for f in dataclasses.fields(DiffConfig)
+)
+DEFAULT_ADMIN = "127.0.0.1:9901"
+ADMIN_TIMEOUT = 5.0  # seconds per connect or read; a healthy admin answers in milliseconds
 
 
 class _UsageError(Exception):
@@ -37,8 +45,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _default(name: str) -> str:
-    """A Config default as --help shows it, so the help cannot drift from config.py."""
-    value = Config.__dataclass_fields__[name].default
+    """A Config (or `diff.KEY`: DiffConfig) default as --help shows it, from config.py."""
+    _, dot, key = name.partition(".")
+    value = (DiffConfig.__dataclass_fields__[key] if dot else Config.__dataclass_fields__[name]).default
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple):
@@ -97,19 +106,58 @@ _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--mirror-key", "HEADER",
      "sample by a hash of this request header, so one value is always or never "
      "mirrored (default: random sampling)", {}),
+    ("--secondary", "HOST:PORT",
+     "a second instance of the primary's version; sampled requests go there too, and "
+     "what differs between it and the primary counts as noise (needs --diff)", {}),
+)  # fmt: skip
+
+# The [diff] table's keys; dest "diff.KEY" is how load_config takes them.
+_DIFF_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
+    ("--diff", None, "compare each shadow response with the primary's (default: off)",
+     {"action": "store_const", "const": True, "dest": "diff.enabled"}),
+    ("--diff-headers", "LIST",
+     f"comma-separated headers compared (default: {_default('diff.headers')})", {}),
+    ("--diff-ignore", "PATTERN",
+     'ignore what this matches: "$.meta.*", "header:date", "status", "body"; repeatable',
+     {"action": "append"}),
+    ("--diff-array-as-set", "PATTERN",
+     'compare the arrays at this JSON path ignoring order, e.g. "$.tags"; repeatable',
+     {"action": "append"}),
+    ("--diff-template", "TEMPLATE",
+     'endpoint template tried before ids are collapsed, e.g. "/users/{name}"; repeatable',
+     {"action": "append", "dest": "diff.templates"}),
+    ("--diff-max-body", "BYTES",
+     f"larger responses are not compared (skipped) (default: {_default('diff.max_body')} = 1 MiB)",
+     {}),
+    ("--diff-max-endpoints", "N",
+     f'endpoints tracked; later ones fold into "other" (default: {_default("diff.max_endpoints")})',
+     {}),
+    ("--diff-max-pending", "N",
+     f"response pairs waiting to be compared; more are dropped, counted "
+     f"(default: {_default('diff.max_pending')})", {}),
+    ("--diff-log", "PATH", "JSON-lines log with the full pair of each mismatch (default: off)", {}),
+    ("--diff-log-max-bytes", "BYTES",
+     f"rotate the diff log to PATH.1 past this size "
+     f"(default: {_default('diff.log_max_bytes')} = 100 MiB)", {}),
 )  # fmt: skip
 
 
-def _config_flags() -> argparse.ArgumentParser:
+def _dest(flag: str, table: object) -> str:
+    name = flag[2:].replace("-", "_")
+    return f"diff.{name.removeprefix('diff_')}" if table is _DIFF_FLAGS else name
+
+
+def _config_flags() -> _Parser:
     """The config flags, shared by the proxy (top level) and check-config."""
     flags = _Parser(add_help=False)
     flags.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
                        help="TOML file whose keys are these flags' names with underscores; "
                        "flags override it")  # fmt: skip
-    for title, table in (("proxy", _CONTRACT_FLAGS), ("extensions", _EXTENSION_FLAGS)):
+    for title, table in (("proxy", _CONTRACT_FLAGS), ("extensions", _EXTENSION_FLAGS),
+                         ("response diffing", _DIFF_FLAGS)):  # fmt: skip
         group = flags.add_argument_group(title)
         for flag, metavar, text, extra in table:
-            kwargs: dict[str, Any] = {"dest": flag[2:].replace("-", "_"), "help": text}
+            kwargs: dict[str, Any] = {"dest": _dest(flag, table), "help": text}
             if metavar is not None:
                 kwargs["metavar"] = metavar
             group.add_argument(flag, default=argparse.SUPPRESS, **(kwargs | extra))
@@ -137,7 +185,40 @@ def build_parser() -> argparse.ArgumentParser:
     # Passed on only when given, so fastmirror.demo.main keeps its own default.
     demo.add_argument("--duration", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
                       help="how long to send traffic (default: 10)")  # fmt: skip
+    diffs = commands.add_parser(
+        "diffs", help="print a running proxy's response diffs per endpoint (from its admin endpoint)"
+    )
+    _admin_flag(diffs)
+    diffs.add_argument("--format", choices=("text", "json", "html"), default="text",
+                       help="text (default), json or html")  # fmt: skip
+    report = commands.add_parser(
+        "report", help="per shadow: latency, errors and diffs vs the primary, with a verdict; "
+        "exit 0 pass, 1 fail, 2 error (a deploy gate)",
+    )
+    _admin_flag(report)
+    for flag, metavar, text in _THRESHOLD_FLAGS:
+        report.add_argument(flag, metavar=metavar, dest=flag[2:].replace("-", "_"),
+                            default=argparse.SUPPRESS, help=text)  # fmt: skip
+    report.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (default) or json")  # fmt: skip
     return parser
+
+
+# Each dest is a fastmirror.report.Thresholds field; values are parsed there.
+_THRESHOLD_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--max-p99-ratio", "R", "fail when a shadow's P99 is more than R times the primary's"),
+    ("--max-p50-ratio", "R", "fail when a shadow's P50 is more than R times the primary's"),
+    ("--max-mismatch", "P", 'fail when more than P of compared responses differ: "0.1%%" or 0.001'),
+    ("--max-error-rate-diff", "P",
+     'fail when a shadow\'s error rate (5xx + no response) exceeds the primary\'s by more than P: '
+     '"1%%" or 0.01'),
+    ("--min-requests", "N", "fail unless each shadow answered at least N mirrored requests (default: 1)"),
+)  # fmt: skip
+
+
+def _admin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin", metavar="HOST:PORT", dest="admin_address", default=DEFAULT_ADMIN,
+                        help=f"the proxy's admin endpoint (default: {DEFAULT_ADMIN})")  # fmt: skip
 
 
 def version_line() -> str:
@@ -171,6 +252,78 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
+class _AdminError(Exception):
+    pass
+
+
+def _fetch(admin: str, target: str) -> bytes:
+    """GET target from the admin endpoint; http.client, so no proxy variable reroutes it.
+
+    Raises:
+        ConfigError: a bad HOST:PORT.
+        _AdminError: unreachable, timed out, or an answer other than 200.
+    """
+    address = parse_address(admin, "--admin")
+    conn = http.client.HTTPConnection(address.host, address.port, timeout=ADMIN_TIMEOUT)
+    try:
+        conn.request("GET", target)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        problem = "timed out" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or exc
+        raise _AdminError(f"cannot reach the admin endpoint at {address}: {problem}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        detail = body.decode("utf-8", "replace").strip()[:200]
+        raise _AdminError(f"http://{address}{target}: {response.status} {response.reason} {detail}".rstrip())
+    return body
+
+
+def _fetch_json(admin: str, target: str) -> Any:
+    body = _fetch(admin, target)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _AdminError(f"{target} on {admin}: not JSON (is that fastmirror's admin endpoint?)") from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _diffs_command(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        _print_json(_fetch_json(args.admin_address, "/diffs"))
+    else:
+        sys.stdout.buffer.write(_fetch(args.admin_address, f"/diffs?format={args.format}"))
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from fastmirror.report import ThresholdError, Thresholds, build_report, render_report_text
+
+    fields = {f.name for f in dataclasses.fields(Thresholds)}
+    try:
+        thresholds = Thresholds.parse({k: v for k, v in vars(args).items() if k in fields})
+    except ThresholdError as exc:
+        return _fail(f"--{exc.key.replace('_', '-')}: {exc.problem}")
+    metrics = _fetch(args.admin_address, "/metrics").decode("utf-8", "replace")
+    diffs = _fetch_json(args.admin_address, "/diffs")
+    try:
+        report = build_report(metrics, diffs if isinstance(diffs, dict) else {}, thresholds)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _AdminError(f"cannot read the metrics or diffs of {args.admin_address}: {exc}") from None
+    if args.format == "json":
+        _print_json(report)
+    else:
+        sys.stdout.write(render_report_text(report))
+    return 0 if report["verdict"] == "pass" else 1
+
+
+_ADMIN_COMMANDS = {"diffs": _diffs_command, "report": _report_command}
+
+
 def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Config]:
     path: str | None = getattr(args, "config", None)
     if args.command == "check-config":
@@ -200,6 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastmirror.demo import main as demo_main
 
         return demo_main(**demo_args)
+    if args.command in _ADMIN_COMMANDS:
+        try:
+            return _ADMIN_COMMANDS[args.command](args)
+        except (ConfigError, _AdminError) as e:
+            return _fail(str(e))
 
     try:
         path, overrides, config = _load(args)

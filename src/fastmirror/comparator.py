@@ -109,7 +109,7 @@ class Comparator:
         self.handed = 0
         self.compared = 0
         self.overload = 0
-        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | _Skip | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fastmirror-diff", daemon=True)
         self._thread.start()
         sys.setswitchinterval(SWITCH_INTERVAL)

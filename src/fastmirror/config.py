@@ -9,6 +9,11 @@ Flow of load_config(): read the file (top-level keys are the CONTRACT flag names
 with underscores), then lay the flags the user actually gave on top, then run
 every given value through its row of the _FIELDS table (convert, range check),
 then the few checks that span two fields.  Defaults live on the dataclass.
+
+The `[diff]` table is one level down: its keys are DiffConfig's fields, each with
+its row in _DIFF_FIELDS, and each flag (`--diff-ignore`, ...) overrides one key
+(override keys `diff.<key>`), so a file's `[diff] ignore = [...]` survives a
+`--diff` on the command line.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -235,7 +240,75 @@ def _header_name(value: object) -> str | None:
 
 
 def _table(value: object) -> dict[str, Any]:
+    if isinstance(value, DiffConfig):  # a typed override: Config(diff=DiffConfig(...)) style
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if not isinstance(value, dict):
+        raise _Invalid()
+    return value
+
+
+def _optional_address(value: object) -> Address | None:
+    return None if value is None else _address(value)
+
+
+def _strings(value: object) -> list[str]:
+    """A list (or tuple) of strings, or one string (TOML `ignore = "$.id"`); stripped."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise _Invalid()
+    return [i.strip() for i in items]
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    items = _strings(value)
+    for item in items:
+        if not item or "\0" in item:
+            raise _Invalid("must not contain an empty pattern" if not item else None)
+    return _unique(items)
+
+
+def _diff_rules(key: str) -> Callable[[object], tuple[str, ...]]:
+    """_patterns, then the check of the one parser that reads them (fastmirror.diff), so a
+    pattern it would refuse fails here, exit 2, not in a worker at startup."""
+
+    def convert(value: object) -> tuple[str, ...]:
+        patterns = _patterns(value)
+        from fastmirror import diff  # pure as well; imported only when patterns are given
+
+        try:
+            if key == "templates":
+                diff.EndpointNamer(templates=patterns)
+            elif key == "ignore":
+                diff.DiffRules(ignore=patterns)
+            else:
+                diff.DiffRules(array_as_set=patterns)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        return patterns
+
+    return convert
+
+
+def _header_names(value: object) -> tuple[str, ...]:
+    # A flag's "content-type,etag"; an empty flag value means no header is compared.
+    items = [i for i in value.split(",") if i.strip()] if isinstance(value, str) else value
+    names = _strings(items)
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            raise _Invalid(f"{_show(name)} is not a header name")
+    return _unique([n.lower() for n in names])
+
+
+def _diff_log(value: object) -> str | None:
+    if value is None or value == "off":
+        return None
+    if value == "-":
+        raise _Invalid("must be a file path (it is rotated, so not stdout)")
+    if not isinstance(value, str) or not value or "\0" in value:
         raise _Invalid()
     return value
 
@@ -257,6 +330,7 @@ class _Field:
 
 
 _SECONDS = "a number of seconds > 0"
+_COUNT = _Field(_integer, _at_least(1), "an integer >= 1", _number_text)
 _TIMEOUT = _Field(_real, _positive, _SECONDS, _number_text)
 
 # One row per Config field: how a value is converted and what it may be.
@@ -281,8 +355,47 @@ _FIELDS: dict[str, _Field] = {
     "idle_timeout": _TIMEOUT,
     "max_head_size": _Field(_size, _at_least(1024), 'a size >= 1024 bytes, e.g. 65536 or "64KiB"'),
     "mirror_key": _Field(_header_name, what="an HTTP header name"),
+    "secondary": _Field(_optional_address, what="HOST:PORT"),
     "diff": _Field(_table, what="a table ([diff])"),
 }
+
+# One row per DiffConfig field: the keys of the [diff] table.
+_DIFF_FIELDS: dict[str, _Field] = {
+    "enabled": _Field(_boolean, what="true or false"),
+    "headers": _Field(_header_names, what='a list of header names, e.g. ["content-type"]'),
+    "ignore": _Field(_diff_rules("ignore"), what='a list of patterns, e.g. ["$.meta.*", "header:date"]'),
+    "array_as_set": _Field(_diff_rules("array_as_set"), what='a list of JSON paths, e.g. ["$.tags"]'),
+    "templates": _Field(_diff_rules("templates"), what='a list of path templates, e.g. ["/users/{id}"]'),
+    "max_body": _Field(_size, _at_least(1), 'a size >= 1 byte, e.g. 1048576 or "1MiB"'),
+    "max_endpoints": _COUNT,
+    "max_pending": _COUNT,
+    "max_differences": _COUNT,
+    "log": _Field(_diff_log, what='a file path or "off"'),
+    "log_max_bytes": _Field(_size, _at_least(1), 'a size >= 1 byte, e.g. "100MiB"'),
+}
+# Flags whose name is not `--diff-` + the key with dashes.
+_DIFF_FLAG_NAMES = {"enabled": "--diff", "templates": "--diff-template"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffConfig:
+    """The `[diff]` table: comparing each shadow response with the primary's (see diff.py)."""
+
+    enabled: bool = False
+    # Header names compared (lower case); content-type decides whether bodies are JSON.
+    headers: tuple[str, ...] = ("content-type",)
+    ignore: tuple[str, ...] = ()  # `$.meta.*`, `header:date`, `status`, `body`, ...
+    array_as_set: tuple[str, ...] = ()  # JSON paths whose arrays compare ignoring order
+    templates: tuple[str, ...] = ()  # endpoint templates tried before the id collapsing
+    # Responses larger than this are counted `skipped`, not copied or compared: the
+    # copy is memory held per pending pair (max_pending x 2-3 responses at most).
+    max_body: int = 1 << 20
+    max_endpoints: int = 100  # label cardinality: later endpoints fold into "other"
+    max_pending: int = 1024  # pairs waiting for the comparator; more are dropped, counted
+    max_differences: int = 20  # per comparison
+    log: str | None = None  # JSON-lines file with the full pair of each mismatch
+    # Rotated once to PATH.1 past this, so the log takes at most ~2x on disk.
+    log_max_bytes: int = 100 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,7 +429,10 @@ class Config:
     # nginx large_client_header_buffers is 4 x 8 KiB; Envoy max_request_headers_kb 60 KiB.
     max_head_size: int = 64 << 10
     mirror_key: str | None = None  # header whose value decides sampling; None = random
-    diff: dict[str, Any] = field(default_factory=dict)  # [diff] table, kept raw for later
+    # A second instance of the primary's version: what differs between it and the
+    # primary is noise (timestamps, ids), not a regression of the shadow.
+    secondary: Address | None = None
+    diff: DiffConfig = DiffConfig()
 
     @property
     def mirror_all_methods(self) -> bool:
@@ -333,12 +449,18 @@ class Config:
             return os.cpu_count() or 1
 
 
-# Checks that span fields: (key reported, holds?, problem).
-_CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
-    ("primary", lambda c: c.primary != c.listen, "must not be the listen address (a loop)"),
-    ("admin", lambda c: c.admin != c.listen, "must not be the listen address"),
+# Checks that span fields: (key reported, holds?, problem, show the value?).
+_CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
+    ("primary", lambda c: c.primary != c.listen, "must not be the listen address (a loop)", True),
+    ("admin", lambda c: c.admin != c.listen, "must not be the listen address", True),
     ("shadow", lambda c: c.primary not in c.shadow,
-     "must not include the primary (it would get every request twice)"),
+     "must not include the primary (it would get every request twice)", True),
+    ("secondary", lambda c: c.secondary is None or c.diff.enabled,
+     "needs diffing on (--diff or [diff] enabled = true)", False),
+    ("secondary", lambda c: c.secondary != c.primary,
+     "must not be the primary (it is a second instance of the primary's version)", True),
+    ("secondary", lambda c: c.secondary not in c.shadow, "must not be a shadow", True),
+    ("secondary", lambda c: c.secondary != c.listen, "must not be the listen address (a loop)", True),
 )  # fmt: skip
 
 _PRIMARY_REQUIRED = "primary: required (--primary HOST:PORT or primary = ... in the config file)"
@@ -356,8 +478,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _convert(name: str, given: _Given) -> Any:
-    row = _FIELDS[name]
+def _convert(row: _Field, given: _Given) -> Any:
     try:
         value = given.value
         if given.from_flag and row.from_text is not None and isinstance(value, str):
@@ -372,8 +493,10 @@ def _convert(name: str, given: _Given) -> Any:
 
 
 def _unknown(kind: str, key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key.replace("-", "_"), _FIELDS, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    table, dot, sub = key.partition(".")
+    prefix, name, known = ("diff.", sub, _DIFF_FIELDS) if table == "diff" and dot else ("", key, _FIELDS)
+    close = difflib.get_close_matches(name.replace("-", "_"), known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
     return ConfigError(f"unknown {kind} {key!r} in {where}{hint}")
 
 
@@ -398,14 +521,17 @@ def load_config(path: str | None, overrides: Mapping[str, object]) -> Config:
 
     Args:
         path: TOML file whose top-level keys are Config field names, or None for no file.
-        overrides: field name -> value, only for the flags the user gave. Strings are
-            parsed as flag text (`"10"` for a number); typed values are taken as in TOML.
+        overrides: field name -> value, only for the flags the user gave, and
+            `diff.<key>` for the flags of one [diff] key (`--diff` is `diff.enabled`).
+            Strings are parsed as flag text (`"10"` for a number); typed values are taken
+            as in TOML.
 
     Raises:
         ConfigError: one line naming the key or flag: unreadable file or bad TOML (with
             its line), unknown key (with the closest known name), bad value, missing primary.
     """
     given: dict[str, _Given] = {}
+    diff: dict[str, _Given] = {}  # [diff] keys as given by flags; the table's are added below
     if path is not None:
         for key, value in _read_toml(path).items():
             if key not in _FIELDS:
@@ -413,37 +539,57 @@ def load_config(path: str | None, overrides: Mapping[str, object]) -> Config:
                 raise _unknown(kind, key, path)
             given[key] = _Given(value, key, f" (in {path})", from_flag=False)
     for key, value in overrides.items():
-        if key not in _FIELDS:
+        table, dot, sub = key.partition(".")
+        if dot and table == "diff" and sub in _DIFF_FIELDS:
+            diff[sub] = _Given(value, _DIFF_FLAG_NAMES.get(sub) or _flag(key.replace(".", "_")), "", True)
+        elif key in _FIELDS:
+            given[key] = _Given(value, _flag(key), "", from_flag=True)
+        else:
             raise _unknown("key", key, "overrides")
-        given[key] = _Given(value, _flag(key), "", from_flag=True)
 
-    values = {name: _convert(name, g) for name, g in given.items()}
+    values = {name: _convert(_FIELDS[name], g) for name, g in given.items()}
     if "primary" not in values:
         raise ConfigError(_PRIMARY_REQUIRED)
     values.setdefault("mirror_percent", 100.0 if values.get("shadow") else 0.0)
+    values["diff"] = _diff_config(values.get("diff", {}), given.get("diff"), diff, path)
     config = Config(**values)
 
-    for key, holds, problem in _CROSS_CHECKS:
+    for key, holds, problem, show in _CROSS_CHECKS:
         if not holds(config):
             g = given.get(key)
             label, where = (g.label, g.where) if g else (key, "")
-            shown = _show(_jsonable(getattr(config, key)))
-            raise ConfigError(f"{label}: {problem}, got {shown}{where}")
+            shown = f", got {_show(_jsonable(getattr(config, key)))}" if show else ""
+            raise ConfigError(f"{label}: {problem}{shown}{where}")
     return config
+
+
+def _diff_config(table: dict[str, Any], where: _Given | None, flags: dict[str, _Given],
+                 path: str | None) -> DiffConfig:
+    """The [diff] table's keys (given as `where` says), each unless a flag gave it."""
+    given = dict(flags)
+    for key, value in table.items():
+        if key not in _DIFF_FIELDS:
+            raise _unknown("key", f"diff.{key}", path if where and where.where and path else "overrides")
+        assert where is not None
+        given.setdefault(key, _Given(value, f"diff.{key}", where.where, where.from_flag))
+    return DiffConfig(**{key: _convert(_DIFF_FIELDS[key], g) for key, g in given.items()})
 
 
 def _jsonable(value: object) -> object:
     if isinstance(value, Address):
         return str(value)
+    if isinstance(value, DiffConfig):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (datetime.date, datetime.time)):  # TOML dates in [diff]
+    if isinstance(value, (datetime.date, datetime.time)):  # a TOML date where none belongs
         return value.isoformat()
     return value
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Every field's effective value, JSON-able: addresses as `host:port`, None as null."""
+    """Every field's effective value, JSON-able: addresses as `host:port`, None as null,
+    `diff` as a nested dict of DiffConfig's fields."""
     return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import IO
+from typing import Any, IO
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -243,7 +243,8 @@ def _free_port() -> int:
 
 def _start_proxy(primary: str, shadow: str, port: int, admin_port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "fastmirror", "--listen", f"{HOST}:{port}", "--primary", primary,
-           "--shadow", shadow, "--admin", f"{HOST}:{admin_port}", "--mirror-percent", "100"]  # fmt: skip
+           "--shadow", shadow, "--admin", f"{HOST}:{admin_port}", "--mirror-percent", "100",
+           "--diff"]  # fmt: skip
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -418,6 +419,7 @@ async def _demo(duration: float) -> int:
             )
             client = await _run_load(port, duration)
             roles, mirror, _ = await _scrape_settled(admin_port)
+            diffs = await _fetch_diffs(admin_port)
         except (OSError, EOFError, ValueError) as exc:
             print(f"error: lost the proxy's admin endpoint on {HOST}:{admin_port}: {exc!r}", file=sys.stderr)
             return 1
@@ -427,8 +429,40 @@ async def _demo(duration: float) -> int:
             await shadow.stop()
     _print_table(roles, mirror, client)
     worst = _print_endpoints(primary, shadow)
-    print("\n" + _verdict(roles, mirror, client, worst))
+    changed = _print_diffs(diffs)
+    print("\n" + _verdict(roles, mirror, client, worst) + changed)
     return 0
+
+
+async def _fetch_diffs(admin_port: int) -> dict[str, Any]:
+    """The proxy's response diffs (/diffs), once the comparisons have caught up."""
+    status, body = await _http_get(admin_port, "/diffs")
+    return orjson.loads(body) if status == 200 else {"upstreams": {}}
+
+
+def _print_diffs(diffs: dict[str, Any]) -> str:
+    """Print where the shadow answers differently; return the verdict's clause for it."""
+    rows = []
+    for upstream in diffs.get("upstreams", {}).values():
+        for endpoint, e in upstream.get("endpoints", {}).items():
+            if e.get("compared"):
+                rows.append((e.get("mismatch", 0) / e["compared"], endpoint, e))
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    print(f"\n{'answers compared':24}{'compared':>10}{'differ':>9}  top differing field")
+    for rate, endpoint, e in rows:
+        top = e.get("fields") or []
+        field = ""
+        if top:
+            ex = top[0].get("example", {})
+            field = (f"{top[0]['path']}  primary {orjson.dumps(ex.get('primary')).decode()}"
+                     f"  shadow {orjson.dumps(ex.get('shadow')).decode()}")
+        print(f"{endpoint:24}{e['compared']:>10,}{_pct(rate):>9}  {field}")
+    rate, endpoint, e = rows[0]
+    if not rate or not e.get("fields"):
+        return "; the shadow answered like the primary on every endpoint"
+    return f"; answers differ on {endpoint} ({_pct(rate)}): {e['fields'][0]['path']}"
 
 
 def main(duration: float = 10.0) -> int:

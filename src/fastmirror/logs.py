@@ -1,4 +1,4 @@
-"""Logging: the process log (stdlib logging to stderr) and the JSON-lines access log.
+"""Logging: the process log (stdlib logging to stderr), the JSON-lines access log and diff log.
 
 The access log must never slow the event loop or make it wait for a disk. ``log()``
 only appends the caller's dict to a bounded buffer (~0.1 µs); a daemon thread does
@@ -11,12 +11,17 @@ Records are the proxy's dicts: ``time`` (float epoch from ``time.time()``; writt
 ISO 8601 UTC with milliseconds), ``client``, ``method``, ``path``, ``status``,
 ``bytes``, ``duration_ms``, ``id``, ``mirror``, ``upstream``. Once passed to ``log()``
 a record belongs to the log (the writer thread edits it in place).
+
+The diff log (``DiffLog``) holds the full primary/shadow pair of each mismatch. It
+is written from the comparator's worker thread, never from the event loop, so it
+writes directly under a lock; its size is capped by rotating once to ``PATH.1``.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,7 +29,7 @@ from typing import IO, Any
 
 import orjson
 
-__all__ = ["AccessLog", "setup_logging"]
+__all__ = ["AccessLog", "DiffLog", "setup_logging"]
 
 _log = logging.getLogger("fastmirror.logs")
 
@@ -235,3 +240,96 @@ class AccessLog:
             if not self.write_errors:
                 _log.error("access log: write to %s failed: %s", self.path, exc)
             self.write_errors += count
+
+
+class DiffLog:
+    """Size-capped JSON-lines file for mismatches; ``write()`` is called off the event loop.
+
+    One orjson line per record (``time`` added, ISO 8601 UTC, when the record has
+    none). When a line would take the file past ``max_bytes``, the file is renamed to
+    ``PATH.1`` (replacing an older one) and a new file is started, so the log takes
+    at most about twice ``max_bytes`` on disk, as logrotate's ``rotate 1``. A record
+    longer than ``max_bytes`` on its own, or one that cannot be written (disk full),
+    is dropped and counted in ``dropped``. Thread-safe: one lock around size, rotation
+    and write.
+
+    Args:
+        path: the file to append to (its current size counts toward the cap).
+        max_bytes: the cap on one file, >= 1.
+
+    Raises:
+        OSError: the file cannot be opened.
+        ValueError: max_bytes < 1.
+    """
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.written = 0
+        self.dropped = 0
+        self.rotations = 0
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the log
+        self._size = self._file.seek(0, os.SEEK_END)
+        self._failing = False  # log the first of a run of write errors only
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record; never raises (a record that fails is counted in ``dropped``)."""
+        try:
+            if "time" not in record:
+                record = {"time": _iso_now(), **record}
+            line = orjson.dumps(record, default=_default, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not kill the comparator
+            _log.warning("diff log: record not serialisable: %s", exc)
+            with self._lock:
+                self.dropped += 1
+            return
+        with self._lock:
+            if self._file is None or len(line) > self.max_bytes:
+                self.dropped += 1
+                return
+            try:
+                if self._size + len(line) > self.max_bytes and self._size > 0:
+                    self._rotate()
+                self._write(line)
+            except (OSError, ValueError) as exc:
+                self.dropped += 1
+                if not self._failing:
+                    self._failing = True
+                    _log.error("diff log: write to %s failed: %s", self.path, exc)
+                return
+            self._failing = False
+            self._size += len(line)
+            self.written += 1
+
+    def close(self) -> None:
+        """Close the file; later writes are dropped. Idempotent."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        try:
+            os.replace(self.path, self.path + ".1")
+        finally:  # reopen even when the rename failed, so the log goes on (appending)
+            self._file = open(self.path, "ab", buffering=0)
+            self._size = self._file.seek(0, os.SEEK_END)
+        self.rotations += 1
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:  # a raw file may write less than asked
+            n = self._file.write(view)
+            view = view[n if n is not None else len(view) :]
+
+
+def _iso_now() -> str:
+    t = time.time()
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(t))}.{int((t % 1) * 1000):03d}Z"

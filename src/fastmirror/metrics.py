@@ -31,6 +31,10 @@ fastmirror_downstream_connections_active    gauge                               
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)
+fastmirror_diff_total                       counter   upstream, endpoint, result      compared response pairs by result:
+                                                                                      match, mismatch, noise (from
+                                                                                      ``Registry.diff_source``; endpoints
+                                                                                      are capped, the rest is ``other``)
 fastmirror_info                             gauge     version, core                   always 1; core = cython or python
 process_*                                   various                                   RSS, CPU, fds (ProcessCollector)
 =========================================== ========= =============================== =====================================
@@ -80,7 +84,7 @@ BUCKETS: tuple[float, ...] = (
 # repr() of these floats is what prometheus_client's floatToGoString gives ("0.00025", "1.0").
 _LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
 
-ROLES = ("primary", "shadow")
+ROLES = ("primary", "shadow", "secondary")  # secondary: the noise-cancelling twin (diffing)
 # Index of UpstreamStats.codes -> label. Index 0 (and 6..9: RFC 9110 §15 defines only
 # 100..599) is where observe() files a status outside 1xx..5xx; error() uses index 10.
 _CODE_LABELS = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "error", "error", "error", "error", "error")
@@ -174,6 +178,9 @@ class Registry:
     status not pre-seeded), ``connections_active``, ``access_log_dropped``,
     ``mirror_percent``. ``on_collect`` holds callbacks ``fn(registry)`` run before each
     snapshot/render, to pull values owned elsewhere (e.g. ``AccessLog.dropped``).
+    ``diff_source``, when set, returns ``[(upstream, endpoint, result, n), ...]`` (the
+    DiffStore's running counts), read at scrape time only and exported as
+    ``fastmirror_diff_total``.
     """
 
     def __init__(self, *, version: str | None = None, core: str | None = None, process: bool = True) -> None:
@@ -187,6 +194,9 @@ class Registry:
         self.version = version
         self.core = core
         self.on_collect: list[Callable[[Registry], None]] = []
+        self.diff_source: Callable[[], Iterable[tuple[str, str, str, int]]] | None = None
+        # Counts added by merge() (workers', dead workers'); diff_source's are added on top.
+        self._diff_counts: dict[tuple[str, str, str], int] = {}
         self._prom = CollectorRegistry(auto_describe=False)
         self._prom.register(_StatsCollector(self))
         if process:
@@ -237,7 +247,16 @@ class Registry:
                 {"upstream": m.upstream, **{o: getattr(m, o) for o in OUTCOMES}, "depth": m.current_depth()}
                 for m in self._mirrors.values()
             ],
+            "diffs": [[*key, n] for key, n in sorted(self._diff_totals().items())],
         }
+
+    def _diff_totals(self) -> dict[tuple[str, str, str], int]:
+        counts = dict(self._diff_counts)
+        if self.diff_source is not None:
+            for upstream, endpoint, result, n in self.diff_source():
+                key = (upstream, endpoint, result)
+                counts[key] = counts.get(key, 0) + n
+        return counts
 
     @classmethod
     def merge(cls, snapshots: Iterable[Mapping[str, Any]], *, process: bool = True) -> Registry:
@@ -277,6 +296,9 @@ class Registry:
             for o in OUTCOMES:
                 setattr(ms, o, getattr(ms, o) + m.get(o, 0))
             ms.depth = ms.current_depth() + m.get("depth", 0)
+        for upstream, endpoint, result, n in snap.get("diffs", ()):
+            key = (upstream, endpoint, result)
+            self._diff_counts[key] = self._diff_counts.get(key, 0) + n
 
     def _run_hooks(self) -> None:
         for fn in self.on_collect:
@@ -378,6 +400,15 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         value=snap["access_log_dropped"],
     )
     yield GaugeMetricFamily("fastmirror_mirror_percent", "Current mirror percentage.", value=snap["mirror_percent"])
+    if snap.get("diffs"):
+        diffs = CounterMetricFamily(
+            "fastmirror_diff_total",
+            "Shadow responses compared with the primary's, by endpoint and result.",
+            labels=("upstream", "endpoint", "result"),
+        )
+        for upstream, endpoint, result, n in snap["diffs"]:
+            diffs.add_metric((upstream, endpoint, result), n)
+        yield diffs
     info = GaugeMetricFamily("fastmirror_info", "fastmirror version and active core.", labels=("version", "core"))
     info.add_metric((snap["version"] or "unknown", snap["core"] or "unknown"), 1)
     yield info

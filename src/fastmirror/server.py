@@ -105,9 +105,9 @@ class Settings:
 class ProxyContext:
     """Shared by every connection of one worker: the settings and the live state."""
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, comparator: Any = None) -> None:
         self.registry = registry
-        self.settings = Settings(config, registry, config.mirror_percent)
+        self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
         self.connections: set[DownstreamProtocol] = set()
         self.ids = RequestIds()
         self.draining = False
@@ -117,9 +117,14 @@ class ProxyContext:
 class Runtime:
     """What the admin endpoint reads and sets (see admin.py)."""
 
-    def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None):
+    def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None,
+                 diffs: "Diffing | None" = None):
         self.ctx = ctx
         self._on_percent = on_percent
+        self._diffs = diffs
+
+    def diffs_snapshot(self) -> dict[str, Any]:
+        return self._diffs.snapshot() if self._diffs is not None else {"upstreams": {}}
 
     @property
     def config(self) -> Config:
@@ -173,8 +178,9 @@ class Worker:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.registry = Registry(version=__version__, core=CORE_IMPL)
-        self.ctx = ProxyContext(config, self.registry)
-        self.runtime = Runtime(self.ctx)
+        self.diffs = Diffing(self.registry)
+        self.ctx = ProxyContext(config, self.registry, self.diffs.comparator_for(config))
+        self.runtime = Runtime(self.ctx, diffs=self.diffs)
         self.listen_sock = listen_sock
         self.admin_enabled = admin
         self.notify = notify
@@ -239,6 +245,9 @@ class Worker:
         op = msg.get("op") if isinstance(msg, dict) else None
         if op == "snapshot":
             return {"id": msg.get("id"), "snapshot": self.registry.snapshot()}
+        if op == "diffs":
+            diffs = getattr(self.runtime, "diffs_snapshot", None)
+            return {"id": msg.get("id"), "diffs": diffs() if diffs is not None else {"upstreams": {}}}
         if op == "percent":
             try:
                 self.runtime.set_mirror_percent(float(msg["value"]))
@@ -279,6 +288,9 @@ class Worker:
                 shadow.sweep(now)
             for shadow in s.retired:
                 shadow.sweep(now)
+            if s.secondary is not None:
+                s.secondary.sweep(now)
+            self.diffs.sweep(now)
             s.retired = [t for t in s.retired if t.active or len(t.queue)]
 
     def reload(self) -> None:
@@ -297,7 +309,8 @@ class Worker:
         if config.listen != old.config.listen:
             log.warning("SIGHUP: listen address changes need a restart; keeping %s",
                         old.config.listen)
-        new = Settings(config, self.registry, config.mirror_percent, previous=old)
+        new = Settings(config, self.registry, config.mirror_percent, previous=old,
+                       comparator=self.diffs.comparator_for(config))
         new.access_log = old.access_log
         self.ctx.settings = new
         self.registry.mirror_percent = config.mirror_percent
@@ -327,8 +340,67 @@ class Worker:
         s.primary_pool.close()
         for shadow in s.shadows:
             shadow.close()
+        if s.secondary is not None:
+            s.secondary.close()
+        self.diffs.close()
         if s.access_log is not None:
             s.access_log.close()
+
+
+class Diffing:
+    """The comparator of the current config and the results that outlive reloads."""
+
+    # A reload keeps the old comparator running this long for the requests that
+    # started with it (a little over the default shadow and primary timeouts).
+    RETIRE_AFTER = 30.0
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.store: Any = None
+        self.comparator: Any = None
+        self._key: tuple[Any, ...] | None = None
+
+    def comparator_for(self, config: Config) -> Any:
+        """The comparator for config: the current one if nothing it depends on changed."""
+        if not config.diff.enabled:
+            self._retire()
+            self._key = None
+            return None
+        key = (config.diff, config.shadow, config.secondary)
+        if key == self._key and self.comparator is not None:
+            return self.comparator
+        from .comparator import Comparator
+        from .diff import DiffStore
+        from .logs import DiffLog
+
+        if self.store is None:
+            self.store = DiffStore()
+            self.registry.diff_source = self.store.counts
+        self._retire()
+        diff_log = DiffLog(config.diff.log, config.diff.log_max_bytes) if config.diff.log else None
+        self.comparator = Comparator(
+            config.diff, [str(a) for a in config.shadow], config.secondary is not None,
+            self.store, diff_log,
+            max_age=config.shadow_timeout + config.primary_timeout + 5)
+        self._key = key
+        return self.comparator
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.store.snapshot() if self.store is not None else {"upstreams": {}}
+
+    def sweep(self, now: float) -> None:
+        if self.comparator is not None:
+            self.comparator.sweep(now)
+
+    def _retire(self) -> None:
+        old, self.comparator = self.comparator, None
+        if old is not None:
+            asyncio.get_running_loop().call_later(self.RETIRE_AFTER, old.close)
+
+    def close(self) -> None:
+        if self.comparator is not None:
+            self.comparator.close()
+            self.comparator = None
 
 
 def sock_backlog() -> int:

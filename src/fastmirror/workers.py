@@ -14,9 +14,9 @@ kernel spreads connections over them. The supervisor serves no traffic. It:
 
 Each worker holds one end of a ``socketpair()``: the control channel, newline-delimited
 JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``,
-``{"op": "percent", "value": P}``, ``{"op": "ping"}``; worker → supervisor:
-``{"op": "ready", "pid": PID}`` once listening, ``{"id": N, "snapshot": {...}}``,
-``{"op": "pong"}``. EOF tells each side that the other is gone: a worker whose
+``{"op": "diffs", "id": N}``, ``{"op": "percent", "value": P}``, ``{"op": "ping"}``; worker →
+supervisor: ``{"op": "ready", "pid": PID}`` once listening, ``{"id": N, "snapshot": {...}}``,
+``{"id": N, "diffs": {...}}`` (its DiffStore snapshot), ``{"op": "pong"}``. EOF tells each side that the other is gone: a worker whose
 supervisor died drains and exits rather than live on as an orphan.
 """
 
@@ -121,7 +121,7 @@ class Child:
         self.last_heard = self.started
         self.ready = False
         self.reload_pending = False  # SIGHUP arrived before it listened
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # snapshot id -> reply
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> reply
         self.last_snapshot: dict[str, Any] | None = None
 
     @property
@@ -175,6 +175,15 @@ class SupervisorRuntime:
         from .metrics import render_snapshots
 
         return render_snapshots(await self.sup.snapshots())
+
+    async def diffs_snapshot(self) -> dict[str, Any]:
+        """Every ready worker's DiffStore snapshot, merged (a late worker is left out)."""
+        if not self.sup.config.diff.enabled:
+            return {"upstreams": {}}
+        from .diff import DiffStore
+
+        replies = await self.sup.ask("diffs")
+        return DiffStore.merge_snapshots([reply for _, reply in replies])
 
 
 class Supervisor:
@@ -354,10 +363,11 @@ class Supervisor:
     def _on_message(self, child: Child, msg: Any) -> None:
         if not isinstance(msg, dict):
             return
-        if "snapshot" in msg:
+        reply = next((key for key in _REPLIES if key in msg), None)
+        if reply is not None:
             fut = child.pending.pop(msg.get("id", 0), None)
             if fut is not None and not fut.done():
-                fut.set_result(msg["snapshot"])
+                fut.set_result(msg[reply])
         elif msg.get("op") == "ready":
             self._on_ready(child)
 
@@ -402,8 +412,9 @@ class Supervisor:
         for child in self.children.values():
             child.send({"op": "percent", "value": percent})
 
-    async def snapshots(self) -> list[dict[str, Any]]:
-        """Every ready worker's ``Registry.snapshot()``; one that is late is left out."""
+    async def ask(self, op: str) -> list[tuple[Child, dict[str, Any]]]:
+        """Send ``{"op": op, "id": N}`` to every ready worker; (worker, reply) of those that
+        answer within SCRAPE_TIMEOUT (a late one is left out and logged)."""
         loop = asyncio.get_running_loop()
         asked: dict[asyncio.Future[dict[str, Any]], Child] = {}
         for child in self.children.values():
@@ -411,19 +422,26 @@ class Supervisor:
                 self._seq += 1
                 fut: asyncio.Future[dict[str, Any]] = loop.create_future()
                 child.pending[self._seq] = fut
-                child.send({"op": "snapshot", "id": self._seq})
+                child.send({"op": op, "id": self._seq})
                 asked[fut] = child
         if asked:
             await asyncio.wait(asked, timeout=SCRAPE_TIMEOUT)
         out = []
         for fut, child in asked.items():
             if fut.done() and not fut.cancelled():
-                child.last_snapshot = fut.result()
-                out.append(child.last_snapshot)
+                out.append((child, fut.result()))
             else:
                 fut.cancel()
-                log.warning("worker %d (pid %d): no metrics within %.1f s; left out of this scrape",
-                            child.index, child.pid, SCRAPE_TIMEOUT)
+                log.warning("worker %d (pid %d): no %s within %.1f s; left out of this answer",
+                            child.index, child.pid, op, SCRAPE_TIMEOUT)
+        return out
+
+    async def snapshots(self) -> list[dict[str, Any]]:
+        """Every ready worker's ``Registry.snapshot()``; one that is late is left out."""
+        out = []
+        for child, snapshot in await self.ask("snapshot"):
+            child.last_snapshot = snapshot
+            out.append(snapshot)
         # Dead workers' counters stay in the sum, so restarts never make a counter go
         # down (which Prometheus' rate() would read as a reset, a spike).
         if self.retired is not None:
@@ -438,6 +456,10 @@ class Supervisor:
                     mirrors=[dict(m, depth=0) for m in snap.get("mirrors", ())])
         parts = [snap] if self.retired is None else [self.retired, snap]
         self.retired = Registry.merge(parts, process=False).snapshot()
+
+
+# Keys of the worker messages that answer a request ({"op": key, "id": N}).
+_REPLIES = ("snapshot", "diffs")
 
 
 def _describe(returncode: int | None) -> str:

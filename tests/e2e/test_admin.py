@@ -383,3 +383,149 @@ def test_start_admin_on_socket(runtime: FakeRuntime) -> None:
 
     _, data = asyncio.run(main())
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"ok")
+
+
+# -- /diffs and /report ------------------------------------------------------------------
+
+SNAPSHOT = {"upstreams": {"127.0.0.1:9001": {"endpoints": {"GET /api/items/{id}": {
+    "compared": 10, "match": 7, "mismatch": 3, "noise": 0, "skipped": {"too_large": 1},
+    "fields": [{"path": "$.price", "count": 3, "example": {
+        "request_id": "r1", "target": "/api/items/7", "primary": 4.99, "shadow": "4.99"}}],
+    "noise_fields": [],
+}}}}}  # fmt: skip
+
+
+class DiffRuntime(FakeRuntime):
+    """A runtime whose shadow answered 10 requests, 3 of them differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        primary = self.registry.upstream("primary", "127.0.0.1:9000")
+        shadow = self.registry.upstream("shadow", "127.0.0.1:9001")
+        for _ in range(10):
+            primary.observe(0.001, 200)
+            shadow.observe(0.02, 200)
+        self.snapshots_taken = 0
+
+    def diffs_snapshot(self) -> dict[str, Any]:
+        self.snapshots_taken += 1
+        return SNAPSHOT
+
+
+@pytest.fixture
+def diff_client(request: pytest.FixtureRequest) -> Iterator[tuple[httpx.Client, DiffRuntime]]:
+    rt = DiffRuntime()
+    srv = AdminServer(rt)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=5) as c:
+            yield c, rt
+    finally:
+        srv.stop()
+
+
+def test_diffs_json(diff_client: tuple[httpx.Client, DiffRuntime]) -> None:
+    client, _ = diff_client
+    r = client.get("/diffs")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == SNAPSHOT
+    assert client.get("/diffs", params={"format": "json"}).json() == SNAPSHOT
+
+
+def test_diffs_text_and_html(diff_client: tuple[httpx.Client, DiffRuntime]) -> None:
+    client, _ = diff_client
+    r = client.get("/diffs", params={"format": "text"})
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert "GET /api/items/{id}" in r.text and "$.price" in r.text
+    r = client.get("/diffs", params={"format": "html"})
+    assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<html" in r.text.lower() and "GET /api/items/{id}" in r.text and "$.price" in r.text
+
+
+@pytest.mark.parametrize("query", [{"format": "xml"}, [("format", "text"), ("format", "html")]])
+def test_diffs_bad_format_400(diff_client: tuple[httpx.Client, DiffRuntime], query: Any) -> None:
+    client, _ = diff_client
+    r = client.get("/diffs", params=query)
+    assert r.status_code == 400 and "format" in r.json()["error"]
+
+
+def test_diffs_head_and_methods(diff_client: tuple[httpx.Client, DiffRuntime]) -> None:
+    client, _ = diff_client
+    r = client.head("/diffs")
+    assert r.status_code == 200 and r.content == b""
+    for path in ("/diffs", "/report"):
+        r = client.put(path)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
+def test_diffs_empty_without_diffing(client: httpx.Client) -> None:
+    """FakeRuntime has no diffs_snapshot: the empty snapshot, in every format."""
+    assert client.get("/diffs").json() == {"upstreams": {}}
+    assert client.get("/diffs", params={"format": "text"}).status_code == 200
+    assert client.get("/diffs", params={"format": "html"}).status_code == 200
+
+
+def test_diffs_empty_when_diffing_is_off() -> None:
+    from fastmirror.config import load_config
+
+    rt = DiffRuntime()
+    rt.config = load_config(None, {"primary": "127.0.0.1:9000"})  # type: ignore[attr-defined]
+    srv = AdminServer(rt)
+    try:
+        assert httpx.get(srv.url + "/diffs", timeout=5).json() == {"upstreams": {}}
+        assert rt.snapshots_taken == 0
+        rt.config = load_config(None, {"primary": "127.0.0.1:9000", "diff.enabled": True})  # type: ignore[attr-defined]
+        assert httpx.get(srv.url + "/diffs", timeout=5).json() == SNAPSHOT
+    finally:
+        srv.stop()
+
+
+def test_diffs_async_snapshot() -> None:
+    class Async(DiffRuntime):
+        async def diffs_snapshot(self) -> dict[str, Any]:  # type: ignore[override]
+            await asyncio.sleep(0.01)
+            return SNAPSHOT
+
+    srv = AdminServer(Async(), "uvloop")
+    try:
+        assert httpx.get(srv.url + "/diffs", timeout=5).json() == SNAPSHOT
+        report = httpx.get(srv.url + "/report", timeout=5).json()
+        assert report["shadows"]["127.0.0.1:9001"]["diff"]["mismatch"] == 3
+    finally:
+        srv.stop()
+
+
+def test_report_json(diff_client: tuple[httpx.Client, DiffRuntime]) -> None:
+    client, _ = diff_client
+    r = client.get("/report")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    report = r.json()
+    assert report["verdict"] == "pass"  # only min_requests=1 by default
+    shadow = report["shadows"]["127.0.0.1:9001"]
+    assert shadow["requests"] == 10 and shadow["p99_ratio"] > 10
+    assert shadow["diff"]["mismatch_rate"] == 0.3
+    assert shadow["endpoints"]["GET /api/items/{id}"]["fields"][0]["path"] == "$.price"
+
+
+def test_report_thresholds_from_the_query(diff_client: tuple[httpx.Client, DiffRuntime]) -> None:
+    client, _ = diff_client
+    r = client.get("/report", params={"max_p99_ratio": "1.2", "max_mismatch": "0.1%", "min_requests": "5"})
+    assert r.status_code == 200  # a failed verdict is an answer, not an error
+    report = r.json()
+    assert report["verdict"] == "fail"
+    assert report["thresholds"]["max_p99_ratio"] == 1.2 and report["thresholds"]["max_mismatch"] == 0.001
+    assert [c["name"] for c in report["checks"] if not c["ok"]] == ["p99_ratio", "mismatch_rate"]
+    assert client.get("/report", params={"max_p99_ratio": "100", "max_mismatch": "50%"}).json()["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [({"max_p99_ratio": "abc"}, "max_p99_ratio"), ({"max_mismatch": "5"}, "max_mismatch"),
+     ({"min_requests": "-1"}, "min_requests"), ({"max_p99": "1"}, "max_p99"),
+     ({"max_error_rate_diff": ""}, "max_error_rate_diff"),
+     ([("max_p50_ratio", "1"), ("max_p50_ratio", "2")], "more than once")],
+)  # fmt: skip
+def test_report_bad_threshold_400(diff_client: tuple[httpx.Client, DiffRuntime], query: Any, word: str) -> None:
+    client, _ = diff_client
+    r = client.get("/report", params=query)
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    assert word in r.json()["error"]

@@ -20,12 +20,22 @@ CONTRACT_FLAGS = [
 ]  # fmt: skip
 EXTENSION_FLAGS = [
     "--connect-timeout", "--drain-timeout", "--idle-timeout", "--max-head-size", "--mirror-key",
+    "--secondary",
+]  # fmt: skip
+DIFF_FLAGS = [
+    "--diff", "--diff-headers", "--diff-ignore", "--diff-array-as-set", "--diff-template",
+    "--diff-max-body", "--diff-max-endpoints", "--diff-max-pending", "--diff-log",
+    "--diff-log-max-bytes",
 ]  # fmt: skip
 FIELDS = [
     "listen", "primary", "shadow", "mirror_percent", "mirror_methods", "admin", "workers",
     "queue_size", "shadow_timeout", "shadow_concurrency", "primary_timeout", "max_mirror_body",
     "shadow_host_suffix", "access_log", "log_level", "connect_timeout", "drain_timeout",
-    "idle_timeout", "max_head_size", "mirror_key", "diff",
+    "idle_timeout", "max_head_size", "mirror_key", "secondary", "diff",
+]  # fmt: skip
+DIFF_FIELDS = [
+    "enabled", "headers", "ignore", "array_as_set", "templates", "max_body", "max_endpoints",
+    "max_pending", "max_differences", "log", "log_max_bytes",
 ]  # fmt: skip
 
 
@@ -74,7 +84,7 @@ mirror_methods = ["GET", "HEAD"]
 max_mirror_body = "512KiB"
 
 [diff]
-ignore_headers = ["date"]
+ignore = ["header:date"]
 """
 
 
@@ -102,7 +112,10 @@ def test_check_config_prints_every_field(fastmirror, config_file):
     assert data["max_mirror_body"] == 524288
     assert data["admin"] == "127.0.0.1:9901"
     assert data["access_log"] is None
-    assert data["diff"] == {"ignore_headers": ["date"]}
+    assert list(data["diff"]) == DIFF_FIELDS
+    assert data["diff"]["ignore"] == ["header:date"] and data["diff"]["enabled"] is False
+    assert data["diff"]["max_body"] == 1048576 and data["diff"]["log"] is None
+    assert data["secondary"] is None
     assert result.stdout.startswith('{\n  "listen"')  # indented
 
 
@@ -123,6 +136,25 @@ def test_check_config_flags_override_file(fastmirror, config_file):
     assert data["primary"] == "10.0.0.5:9000"
 
 
+def test_check_config_diff_flags_override_table(fastmirror, config_file):
+    result = fastmirror(
+        "check-config", config_file(GOOD), "--diff", "--secondary", "10.0.0.8:9000",
+        "--diff-ignore", "$.meta.*", "--diff-ignore", "status", "--diff-headers", "Content-Type,ETag",
+        "--diff-array-as-set", "$.tags", "--diff-template", "/users/{user}", "--diff-max-body", "2MiB",
+        "--diff-max-endpoints", "20", "--diff-max-pending", "64", "--diff-log", "/tmp/d.log",
+        "--diff-log-max-bytes", "10MiB",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert data["secondary"] == "10.0.0.8:9000"
+    assert data["diff"] == {
+        "enabled": True, "headers": ["content-type", "etag"], "ignore": ["$.meta.*", "status"],
+        "array_as_set": ["$.tags"], "templates": ["/users/{user}"], "max_body": 2 << 20,
+        "max_endpoints": 20, "max_pending": 64, "max_differences": 20, "log": "/tmp/d.log",
+        "log_max_bytes": 10 << 20,
+    }  # fmt: skip
+
+
 def test_check_config_defaults(fastmirror, config_file):
     result = fastmirror("check-config", config_file('primary = "127.0.0.1:9000"\n'))
     data = orjson.loads(result.stdout)
@@ -137,7 +169,10 @@ def test_check_config_defaults(fastmirror, config_file):
      ('listen = "0.0.0.0:80"\n', ["primary: required"]),
      ('primary = "a:1"\nworkers = \n', ["invalid TOML", "line 2"]),
      ('primary = "a:1"\n[nginx]\nx = 1\n', ["unknown section 'nginx'"]),
-     ('primary = "a:1"\nshadow_host_suffix = "no"\n', ["shadow_host_suffix", "true or false"])],
+     ('primary = "a:1"\nshadow_host_suffix = "no"\n', ["shadow_host_suffix", "true or false"]),
+     ('primary = "a:1"\n[diff]\nignor = []\n', ["'diff.ignor'", "did you mean 'diff.ignore'"]),
+     ('primary = "a:1"\n[diff]\nmax_pending = 0\n', ["diff.max_pending", ">= 1"]),
+     ('primary = "a:1"\nsecondary = "b:2"\n', ["secondary: needs diffing on"])],
 )  # fmt: skip
 def test_check_config_bad_file(fastmirror, config_file, text, words):
     assert_one_line_error(fastmirror("check-config", config_file(text)), *words)
@@ -156,7 +191,15 @@ def test_check_config_nonexistent_file(fastmirror, tmp_path):
      (["--max-mirror-body", "1 parsec"], ["--max-mirror-body"]),
      (["--log-level", "loud"], ["--log-level", "debug, info, warning, error"]),
      (["--bogus"], ["--bogus"]),
-     (["--listen"], ["--listen", "expected one argument"])],
+     (["--listen"], ["--listen", "expected one argument"]),
+     (["--diff-max-body", "0"], ["--diff-max-body"]),
+     (["--diff-ignore", "meta"], ["--diff-ignore", "meta"]),
+     (["--diff-headers", "a b"], ["--diff-headers"]),
+     (["--diff-template", "users"], ["--diff-template", "must start with /"]),
+     (["--diff-log", "-"], ["--diff-log"]),
+     (["--secondary", "10.0.0.8:9000"], ["--secondary", "needs diffing on"]),
+     (["--diff", "--shadow", "10.0.0.6:9000", "--secondary", "10.0.0.6:9000"],
+      ["--secondary", "must not be a shadow"])],
 )  # fmt: skip
 def test_bad_flag_value(fastmirror, config_file, args, words):
     assert_one_line_error(fastmirror("check-config", config_file(GOOD), *args), *words)
@@ -200,17 +243,19 @@ def test_version_names_the_core(fastmirror):
 def test_help_lists_every_flag_with_defaults(fastmirror):
     result = fastmirror("--help")
     assert result.returncode == 0, result.stderr
-    for flag in CONTRACT_FLAGS + EXTENSION_FLAGS:
+    for flag in CONTRACT_FLAGS + EXTENSION_FLAGS + DIFF_FLAGS:
         assert flag in result.stdout, flag
     text = " ".join(result.stdout.split())  # undo argparse's line wrapping
     for default in ("127.0.0.1:8080", "127.0.0.1:9901", "GET,HEAD,OPTIONS", "1024", "(default: 5)",
                     "(default: 64)", "(default: 15)", "1 MiB", "(default: info)"):  # fmt: skip
         assert default in text, default
-    assert "check-config" in result.stdout and "demo" in result.stdout
+    for command in ("check-config", "demo", "diffs", "report"):
+        assert command in result.stdout, command
+    assert "100 MiB" in text  # --diff-log-max-bytes
 
 
 def test_check_config_help_lists_flags(fastmirror):
     result = fastmirror("check-config", "--help")
     assert result.returncode == 0
-    for flag in CONTRACT_FLAGS[:-1] + EXTENSION_FLAGS:  # --version is top-level only
+    for flag in CONTRACT_FLAGS[:-1] + EXTENSION_FLAGS + DIFF_FLAGS:  # --version is top-level only
         assert flag in result.stdout, flag

@@ -13,6 +13,8 @@ from fastmirror.config import (
     Address,
     Config,
     ConfigError,
+    DiffConfig,
+    _DIFF_FIELDS,
     _FIELDS,
     config_to_dict,
     load_config,
@@ -62,7 +64,14 @@ def test_defaults():
     assert (cfg.connect_timeout, cfg.drain_timeout, cfg.idle_timeout) == (5.0, 30.0, 60.0)
     assert cfg.max_head_size == 65536
     assert cfg.mirror_key is None
-    assert cfg.diff == {}
+    assert cfg.secondary is None
+    assert cfg.diff == DiffConfig()
+    d = cfg.diff
+    assert (d.enabled, d.headers, d.ignore, d.array_as_set, d.templates) == (
+        False, ("content-type",), (), (), (),
+    )  # fmt: skip
+    assert (d.max_body, d.max_endpoints, d.max_pending, d.max_differences) == (1 << 20, 100, 1024, 20)
+    assert (d.log, d.log_max_bytes) == (None, 100 << 20)
 
 
 def test_mirror_percent_defaults_to_100_with_a_shadow():
@@ -86,6 +95,7 @@ def test_effective_workers_zero_means_one_per_cpu():
 
 def test_table_covers_every_field():
     assert set(_FIELDS) == {f.name for f in dataclasses.fields(Config)}
+    assert set(_DIFF_FIELDS) == {f.name for f in dataclasses.fields(DiffConfig)}
 
 
 def test_frozen():
@@ -94,6 +104,8 @@ def test_frozen():
         cfg.mirror_percent = 5.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.listen.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.diff.enabled = True  # type: ignore[misc]
 
 
 # --- file and flags -------------------------------------------------------------------
@@ -120,9 +132,20 @@ drain_timeout = 0
 idle_timeout = 75
 max_head_size = "32KiB"
 mirror_key = "X-User-Id"
+secondary = "10.0.0.8:9000"
 
 [diff]
-ignore_headers = ["date"]
+enabled = true
+headers = ["Content-Type", "ETag"]
+ignore = ["$.meta.*", "header:date"]
+array_as_set = "$.tags"
+templates = ["/users/{user}"]
+max_body = "2MiB"
+max_endpoints = 50
+max_pending = 10
+max_differences = 5
+log = "/var/log/fastmirror/diff.log"
+log_max_bytes = "10MB"
 """
 
 
@@ -149,7 +172,20 @@ def test_full_file(toml):
         "idle_timeout": 75.0,
         "max_head_size": 32768,
         "mirror_key": "x-user-id",
-        "diff": {"ignore_headers": ["date"]},
+        "secondary": "10.0.0.8:9000",
+        "diff": {
+            "enabled": True,
+            "headers": ["content-type", "etag"],
+            "ignore": ["$.meta.*", "header:date"],
+            "array_as_set": ["$.tags"],
+            "templates": ["/users/{user}"],
+            "max_body": 2 << 20,
+            "max_endpoints": 50,
+            "max_pending": 10,
+            "max_differences": 5,
+            "log": "/var/log/fastmirror/diff.log",
+            "log_max_bytes": 10_000_000,
+        },
     }
     assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
 
@@ -188,18 +224,123 @@ def test_mirror_methods_all_and_comma_list():
     assert cfg.mirror_methods == ("GET", "POST")
 
 
-def test_diff_section_kept_raw(toml):
-    cfg = load_config(toml('primary = "a:1"\n[diff]\nmode = "json"\n[diff.ignore]\nh = ["date"]\n'), {})
-    assert cfg.diff == {"mode": "json", "ignore": {"h": ["date"]}}
-
-
 def test_config_to_dict_is_json(toml):
     import orjson
 
-    cfg = load_config(toml('primary = "a:1"\n[diff]\nsince = 2024-05-01T10:00:00Z\n'), {})
+    cfg = load_config(toml('primary = "a:1"\n[diff]\nenabled = true\n'), {})
     data = orjson.loads(orjson.dumps(config_to_dict(cfg)))
-    assert data["diff"] == {"since": "2024-05-01T10:00:00+00:00"}
+    assert data["diff"]["enabled"] is True and data["diff"]["headers"] == ["content-type"]
     assert set(data) == set(_FIELDS)
+    assert set(data["diff"]) == set(_DIFF_FIELDS)
+
+
+# --- [diff] and secondary -------------------------------------------------------------
+
+
+def test_diff_flags_override_table_keys(toml):
+    path = toml('primary = "a:1"\n[diff]\nignore = ["$.id"]\nmax_pending = 7\nheaders = ["etag"]\n')
+    cfg = load_config(path, {"diff.enabled": True, "diff.max_pending": "9", "diff.headers": "X-A, x-b"})
+    d = cfg.diff
+    assert d.enabled and d.max_pending == 9  # flags win
+    assert d.ignore == ("$.id",)  # the table's other keys survive a flag
+    assert d.headers == ("x-a", "x-b")
+
+
+def test_diff_repeatable_flags_are_lists():
+    cfg = load_config(None, PRIMARY | {"diff.ignore": ["$.a", "header:date", "$.a"],
+                                       "diff.array_as_set": ["$.tags"],
+                                       "diff.templates": ["/u/{id}", "/o/{o}/x"]})  # fmt: skip
+    assert cfg.diff.ignore == ("$.a", "header:date")  # duplicates dropped, order kept
+    assert cfg.diff.array_as_set == ("$.tags",)
+    assert cfg.diff.templates == ("/u/{id}", "/o/{o}/x")
+
+
+def test_diff_sizes_accept_suffixes():
+    cfg = load_config(None, PRIMARY | {"diff.max_body": "512KiB", "diff.log_max_bytes": "1m"})
+    assert (cfg.diff.max_body, cfg.diff.log_max_bytes) == (512 << 10, 1 << 20)
+
+
+def test_diff_headers_may_be_empty():
+    assert load_config(None, PRIMARY | {"diff.headers": ""}).diff.headers == ()
+
+
+def test_diff_log_off():
+    assert load_config(None, PRIMARY | {"diff.log": "off"}).diff.log is None
+
+
+def test_diff_typed_override_table(toml):
+    path = toml('primary = "a:1"\n[diff]\nmax_pending = 7\n')
+    cfg = load_config(path, {"diff": {"enabled": True}})
+    assert cfg.diff.enabled and cfg.diff.max_pending == 1024  # a table override replaces the table
+    assert load_config(None, PRIMARY | {"diff": DiffConfig(max_body=5)}).diff.max_body == 5
+
+
+def test_unknown_diff_key_with_suggestion(toml):
+    path = toml('primary = "a:1"\n[diff]\nignor = ["header:date"]\n')
+    assert error_of(path, {}) == f"unknown key 'diff.ignor' in {path} (did you mean 'diff.ignore'?)"
+    path = toml('primary = "a:1"\n[diff]\nzzz = 1\n')
+    assert error_of(path, {}) == f"unknown key 'diff.zzz' in {path}"
+    assert error_of(None, PRIMARY | {"diff.max_pendng": 1}).startswith(
+        "unknown key 'diff.max_pendng' in overrides (did you mean 'diff.max_pending'?)"
+    )
+
+
+DIFF_BAD_VALUES = [
+    ("enabled", '"yes"'), ("enabled", "1"), ("headers", '["a b"]'), ("headers", "[1]"),
+    ("headers", "7"), ("ignore", '[""]'), ("ignore", '["meta.*"]'), ("ignore", '["$.a..b"]'),
+    ("ignore", "[1]"), ("array_as_set", '["tags"]'), ("templates", '["users/{id}"]'),
+    ("templates", '[" "]'), ("max_body", "0"), ("max_body", '"1 parsec"'), ("max_endpoints", "0"),
+    ("max_pending", "0"), ("max_pending", '"5"'), ("max_differences", "0"), ("log", '""'),
+    ("log", '"-"'), ("log", "1"), ("log_max_bytes", "0"), ("log_max_bytes", '"big"'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), DIFF_BAD_VALUES)
+def test_bad_diff_value_names_key_and_file(toml, key, value):
+    path = toml(f'primary = "a:1"\n[diff]\n{key} = {value}\n')
+    message = error_of(path, {})
+    assert message.startswith(f"diff.{key}: ") and message.endswith(f"(in {path})")
+    assert ", got " in message
+
+
+DIFF_FLAG_BAD_VALUES = [
+    ("--diff-headers", "headers", "a:b"), ("--diff-ignore", "ignore", ["x"]),
+    ("--diff-array-as-set", "array_as_set", ["tags"]), ("--diff-template", "templates", ["u"]),
+    ("--diff-max-body", "max_body", "0"), ("--diff-max-endpoints", "max_endpoints", "many"),
+    ("--diff-max-pending", "max_pending", "-1"), ("--diff-log", "log", ""),
+    ("--diff-log-max-bytes", "log_max_bytes", "1 parsec"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flag", "key", "value"), DIFF_FLAG_BAD_VALUES)
+def test_bad_diff_flag_value_names_flag(flag, key, value):
+    assert error_of(None, PRIMARY | {f"diff.{key}": value}).startswith(f"{flag}: ")
+
+
+def test_secondary():
+    cfg = load_config(None, PRIMARY | {"secondary": "10.0.0.8:9000", "diff.enabled": True})
+    assert cfg.secondary == Address("10.0.0.8", 9000)
+
+
+def test_secondary_needs_diffing(toml):
+    assert error_of(None, PRIMARY | {"secondary": "10.0.0.8:9000"}) == (
+        "--secondary: needs diffing on (--diff or [diff] enabled = true)"
+    )
+    path = toml('primary = "a:1"\nsecondary = "b:2"\n')
+    assert error_of(path, {}) == f"secondary: needs diffing on (--diff or [diff] enabled = true) (in {path})"
+    # --diff on the command line is enough for a file's secondary.
+    assert load_config(path, {"diff.enabled": True}).secondary == Address("b", 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [({"secondary": "10.0.0.5:9000"}, "--secondary: must not be the primary"),
+     ({"secondary": "10.0.0.6:9000", "shadow": ["10.0.0.6:9000"]}, "--secondary: must not be a shadow"),
+     ({"secondary": "127.0.0.1:8080"}, "--secondary: must not be the listen address"),
+     ({"secondary": "nope"}, "--secondary: must be HOST:PORT")],
+)  # fmt: skip
+def test_secondary_checks(overrides, start):
+    assert error_of(None, PRIMARY | {"diff.enabled": True} | overrides).startswith(start)
 
 
 # --- sizes and addresses --------------------------------------------------------------
@@ -266,7 +407,7 @@ BAD_VALUES = [
     ("shadow_host_suffix", 0), ("access_log", ""), ("access_log", 1), ("log_level", "verbose"),
     ("log_level", 1), ("connect_timeout", 0), ("drain_timeout", -1), ("idle_timeout", 0),
     ("max_head_size", 100), ("max_head_size", "1000b"), ("mirror_key", "X User"),
-    ("mirror_key", ""), ("diff", "yes"),
+    ("mirror_key", ""), ("diff", "yes"), ("secondary", "b"), ("secondary", 5),
 ]  # fmt: skip
 
 
@@ -298,7 +439,7 @@ FLAG_BAD_VALUES = [
     ("shadow_timeout", "0"), ("shadow_concurrency", "-3"), ("primary_timeout", "soon"),
     ("max_mirror_body", "big"), ("access_log", ""), ("log_level", "loud"),
     ("connect_timeout", "-1"), ("drain_timeout", "x"), ("idle_timeout", "0"),
-    ("max_head_size", "12"), ("mirror_key", "a:b"),
+    ("max_head_size", "12"), ("mirror_key", "a:b"), ("secondary", "x:0"),
 ]  # fmt: skip
 
 

@@ -356,3 +356,53 @@ def test_quantile_from_cumulative_matches_scrape() -> None:
     scraped = parse_histograms(reg.render())[("primary", P)]
     for q in (0.1, 0.5, 0.99):
         assert quantile(s.cumulative(), q) == pytest.approx(quantile(scraped, q))
+
+
+# -- fastmirror_diff_total ---------------------------------------------------------------
+
+DIFF_COUNTS = [(S, "GET /users/{id}", "match", 7), (S, "GET /users/{id}", "mismatch", 2),
+               (S, "other", "noise", 1)]  # fmt: skip
+
+
+def test_diff_total_rendered_from_diff_source() -> None:
+    reg = Registry(process=False)
+    assert b"fastmirror_diff_total" not in reg.render()  # no source, no family
+    reg.diff_source = lambda: DIFF_COUNTS
+    text = reg.render()
+    assert types(text)["fastmirror_diff"] == "counter"
+    s = samples(text)
+    assert s[("fastmirror_diff_total", L(upstream=S, endpoint="GET /users/{id}", result="match"))] == 7
+    assert s[("fastmirror_diff_total", L(upstream=S, endpoint="GET /users/{id}", result="mismatch"))] == 2
+    assert s[("fastmirror_diff_total", L(upstream=S, endpoint="other", result="noise"))] == 1
+
+
+def test_diff_source_read_at_scrape_time() -> None:
+    counts = list(DIFF_COUNTS)
+    reg = Registry(process=False)
+    reg.diff_source = lambda: counts
+    counts[0] = (S, "GET /users/{id}", "match", 8)
+    assert samples(reg.render())[("fastmirror_diff_total", L(upstream=S, endpoint="GET /users/{id}", result="match"))] == 8
+
+
+def test_diff_total_in_snapshot_and_merged() -> None:
+    reg = Registry(process=False)
+    reg.diff_source = lambda: DIFF_COUNTS
+    snap = json.loads(json.dumps(reg.snapshot()))
+    assert sorted(map(tuple, snap["diffs"])) == sorted(DIFF_COUNTS)
+    other = Registry(process=False)
+    other.diff_source = lambda: [(S, "GET /users/{id}", "match", 1), ("10.0.0.1:80", "GET /", "mismatch", 4)]
+    merged = Registry.merge([snap, other.snapshot(), snap], process=False)
+    s = samples(merged.render())
+    assert s[("fastmirror_diff_total", L(upstream=S, endpoint="GET /users/{id}", result="match"))] == 15
+    assert s[("fastmirror_diff_total", L(upstream=S, endpoint="other", result="noise"))] == 2
+    assert s[("fastmirror_diff_total", L(upstream="10.0.0.1:80", endpoint="GET /", result="mismatch"))] == 4
+    assert render_snapshots([snap, snap]).count(b"fastmirror_diff_total{") == 3
+    # A merged registry re-snapshots its sum (the supervisor keeps dead workers' counts so).
+    again = Registry.merge([merged.snapshot()], process=False).snapshot()["diffs"]
+    assert [S, "GET /users/{id}", "match", 15] in again
+
+
+def test_snapshot_without_diffs_merges() -> None:
+    snap = Registry(process=False).snapshot()
+    del snap["diffs"]  # a worker of an older version
+    assert b"fastmirror_diff_total" not in Registry.merge([snap], process=False).render()

@@ -16,7 +16,7 @@ import pytest
 
 import fastmirror
 
-PURE = {"codec", "router", "config", "hotpath", "_core_py", "metrics", "mirror"}
+PURE = {"codec", "router", "config", "hotpath", "_core_py", "metrics", "mirror", "diff", "report"}
 FORBIDDEN = {"asyncio", "socket", "uvloop", "selectors", "ssl"}
 SRC = Path(fastmirror.__file__).parent
 
