@@ -2,9 +2,11 @@
 
 For a mirrored request with diffing on, the primary's response (a bounded copy taken
 as it streams to the client), every shadow's and the secondary's are gathered in a
-`Pending`. When the last one is in, the set goes to one worker thread that parses and
-compares them with the pure `diff` module and records the result. The event loop only
-appends bytes and counts; it never parses or compares.
+`Pending`. When the last one is in, the set is compared with the pure `diff` module and
+the result recorded: small responses (the common case, a few µs each) on the event
+loop in batches of at most BATCH_SECONDS after the I/O of an iteration, large ones on
+one worker thread, so a 1 MiB JSON body never stalls the loop. (Handing every small
+comparison to a thread costs more in GIL hand-offs than the comparison itself.)
 
 Bounded everywhere: responses over `max_body` are not copied (`skipped`), at most
 `max_pending` requests wait for their responses or their comparison (beyond that,
@@ -14,14 +16,16 @@ finished by the sweep with what it has.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
-from .diff import DiffRules, DiffStore, EndpointNamer, compare, parse_captured
+from .diff import MATCH, Comparison, DiffRules, DiffStore, EndpointNamer, compare, parse_captured
 from .mirror import Capture
 
 log = logging.getLogger("fastmirror.diff")
@@ -30,20 +34,25 @@ SECONDARY = "secondary"  # the part name of the secondary's response
 # The diff thread holds the GIL while it compares; a short switch interval bounds how
 # long the event loop can wait for it (CPython's default is 5 ms).
 SWITCH_INTERVAL = 0.0005
+IDENTICAL = Comparison(MATCH, [], [], False)
+INLINE_LIMIT = 64 * 1024  # both responses at most this big: compared on the event loop
+BATCH_SECONDS = 0.002     # the most the loop spends comparing before it serves I/O again
 
 
 class Pending:
     """The responses to one mirrored request, as they arrive."""
 
-    __slots__ = ("comparator", "request_id", "method", "target", "head_request", "created",
-                 "primary", "primary_reason", "parts", "reasons", "outstanding", "finished")
+    __slots__ = ("comparator", "request_id", "method", "target", "endpoint", "head_request",
+                 "created", "primary", "primary_reason", "parts", "reasons", "outstanding",
+                 "finished")
 
     def __init__(self, comparator: "Comparator", request_id: str, method: str, target: str,
-                 head_request: bool, part_names: list[str]) -> None:
+                 endpoint: str, head_request: bool, part_names: list[str]) -> None:
         self.comparator = comparator
         self.request_id = request_id
         self.method = method
         self.target = target
+        self.endpoint = endpoint
         self.head_request = head_request
         self.created = time.monotonic()
         self.primary: bytes | None = None
@@ -109,7 +118,11 @@ class Comparator:
         self.handed = 0
         self.compared = 0
         self.overload = 0
-        self._queue: queue.SimpleQueue[Pending | _Skip | None] = queue.SimpleQueue()
+        self._inline: deque[Pending] = deque()
+        self._inline_scheduled = False
+        # To the worker thread: large pairs to compare, and diff-log lines (never written
+        # from the event loop: a slow disk must not stall it).
+        self._queue: queue.SimpleQueue[Pending | dict[str, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fastmirror-diff", daemon=True)
         self._thread.start()
         sys.setswitchinterval(SWITCH_INTERVAL)
@@ -119,12 +132,16 @@ class Comparator:
     def expect(self, request_id: str, method: bytes, target: bytes,
                head_request: bool) -> Pending | None:
         """Start gathering the responses to a mirrored request, or None under overload."""
-        if len(self.waiting) + self.handed - self.compared >= self.max_pending:
+        method_text, target_text = method.decode("latin-1"), target.decode("latin-1")
+        endpoint = self.namer.name(method_text, target_text)
+        backlog = len(self.waiting) + len(self._inline) + self.handed - self.compared
+        if backlog >= self.max_pending:
             self.overload += 1
-            self._queue.put(_Skip(self.shadow_names, method, target, "overload"))
+            for upstream in self.shadow_names:
+                self.store.record_skipped(upstream, endpoint, "overload")
             return None
-        pending = Pending(self, request_id, method.decode("latin-1"),
-                          target.decode("latin-1"), head_request, self.part_names)
+        pending = Pending(self, request_id, method_text, target_text, endpoint, head_request,
+                          self.part_names)
         self.waiting[request_id] = pending
         return pending
 
@@ -136,8 +153,28 @@ class Comparator:
             return
         pending.finished = True
         self.waiting.pop(pending.request_id, None)
-        self.handed += 1
-        self._queue.put(pending)
+        if all(raw is None or len(raw) <= INLINE_LIMIT
+               for raw in (pending.primary, *pending.parts.values())):
+            self._inline.append(pending)
+            if not self._inline_scheduled:
+                self._inline_scheduled = True
+                asyncio.get_running_loop().call_soon(self._compare_inline)
+        else:
+            self.handed += 1
+            self._queue.put(pending)
+
+    def _compare_inline(self) -> None:
+        """Compare small pairs for at most BATCH_SECONDS, then let the loop do I/O."""
+        inline = self._inline
+        deadline = time.perf_counter() + BATCH_SECONDS
+        while inline:
+            self._compare_guarded(inline.popleft())
+            if time.perf_counter() > deadline:
+                break
+        if inline:
+            asyncio.get_running_loop().call_soon(self._compare_inline)
+        else:
+            self._inline_scheduled = False
 
     def sweep(self, now: float) -> None:
         """Finish requests whose parts did not all arrive in time, with what they have."""
@@ -160,39 +197,41 @@ class Comparator:
             item = self._queue.get()
             if item is None:
                 return
-            try:
-                if isinstance(item, _Skip):
-                    self._skip(item)
-                else:
-                    self._compare(item)
-            except Exception:  # a bug here must not kill diffing for good
-                log.exception("diff of request %s failed", getattr(item, "request_id", "?"))
-            finally:
-                if not isinstance(item, _Skip):
-                    self.compared += 1
+            if isinstance(item, dict):
+                self.diff_log.write(item)
+                continue
+            self._compare_guarded(item)
+            self.compared += 1
 
-    def _skip(self, item: "_Skip") -> None:
-        endpoint = self.namer.name(item.method.decode("latin-1"), item.target.decode("latin-1"))
-        for upstream in item.upstreams:
-            self.store.record_skipped(upstream, endpoint, item.reason)
+    def _compare_guarded(self, pending: Pending) -> None:
+        try:
+            self._compare(pending)
+        except Exception:  # a bug here must not kill diffing for good
+            log.exception("diff of request %s failed", pending.request_id)
 
     def _compare(self, p: Pending) -> None:
-        endpoint = self.namer.name(p.method, p.target)
-        primary = parse_captured(p.primary, p.head_request) if p.primary is not None else None
-        if primary is None:
-            reason = p.primary_reason if p.primary is None else "unparseable"
+        endpoint = p.endpoint
+        if p.primary is None:
             for upstream in self.shadow_names:
-                self.store.record_skipped(upstream, endpoint, reason)
+                self.store.record_skipped(upstream, endpoint, p.primary_reason)
             return
-        secondary = None
-        raw_secondary = p.parts.get(SECONDARY)
-        if raw_secondary is not None:
-            secondary = parse_captured(raw_secondary, p.head_request)
+        primary = secondary = None  # parsed only when some shadow's bytes differ
         for upstream in self.shadow_names:
             raw = p.parts.get(upstream)
             if raw is None:
                 self.store.record_skipped(upstream, endpoint, p.reasons.get(upstream, "missing"))
                 continue
+            if raw == p.primary:  # byte-identical answers: nothing can differ
+                self.store.record(upstream, endpoint, IDENTICAL, p.request_id, p.target)
+                continue
+            if primary is None:
+                primary = parse_captured(p.primary, p.head_request)
+                if primary is None:
+                    self.store.record_skipped(upstream, endpoint, "unparseable")
+                    continue
+                raw_secondary = p.parts.get(SECONDARY)
+                if raw_secondary is not None:
+                    secondary = parse_captured(raw_secondary, p.head_request)
             shadow = parse_captured(raw, p.head_request)
             if shadow is None:
                 self.store.record_skipped(upstream, endpoint, "unparseable")
@@ -200,19 +239,7 @@ class Comparator:
             comparison = compare(primary, shadow, secondary, self.rules)
             self.store.record(upstream, endpoint, comparison, p.request_id, p.target)
             if comparison.result == "mismatch" and self.diff_log is not None:
-                self.diff_log.write(_log_record(p, upstream, endpoint, comparison, primary, shadow))
-
-
-class _Skip:
-    """A mirrored request that is not compared (overload), recorded by the thread."""
-
-    __slots__ = ("upstreams", "method", "target", "reason")
-
-    def __init__(self, upstreams: list[str], method: bytes, target: bytes, reason: str) -> None:
-        self.upstreams = upstreams
-        self.method = method
-        self.target = target
-        self.reason = reason
+                self._queue.put(_log_record(p, upstream, endpoint, comparison, primary, shadow))
 
 
 LOG_BODY_LIMIT = 64 * 1024  # per side, in the diff log
