@@ -128,8 +128,12 @@ REQ_CONN_HOP: Final[int]         # 4: a hop-by-hop header line is present (to st
 
 def parse_request_fast(
     head: bytes | bytearray | memoryview,
-) -> tuple[bytes, bytes, int, int, bool, int] | None:
-    """(method, target, minor, content_length, chunked, conn_flags) of a request head, or None.
+) -> tuple[bytes, bytes, int, int, bool, int, bytes | None] | None:
+    """(method, target, minor, content_length, chunked, conn_flags, forward) of a head, or None.
+
+    forward: the head without its hop-by-hop lines (Connection, Keep-Alive,
+    Proxy-Connection, TE, Trailer; at most 16, else None is returned), or None when
+    there are none.
 
     The strict fast path: accepts only a subset of what h11 accepts, read the same way
     (token method, visible-ASCII target, HTTP/1.0 or 1.1, CRLF line ends, token field

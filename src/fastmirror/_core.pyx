@@ -732,9 +732,33 @@ cdef int _conn_tokens(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve) noex
     return flags
 
 
+cdef enum:
+    MAX_DROPPED_LINES = 16
+
+
+cdef object _without_lines(const unsigned char* p, Py_ssize_t n, Py_ssize_t* starts,
+                           Py_ssize_t* ends, int count):
+    """p[:n] with the spans [starts[i], ends[i]) cut out (ascending, disjoint)."""
+    cdef Py_ssize_t size = n, pos = 0, at = 0
+    cdef int i
+    for i in range(count):
+        size -= ends[i] - starts[i]
+    out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* dst = PyBytes_AS_STRING(out)
+    for i in range(count):
+        memcpy(dst + at, p + pos, starts[i] - pos)
+        at += starts[i] - pos
+        pos = ends[i]
+    memcpy(dst + at, p + pos, n - pos)
+    return out
+
+
 cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
     cdef Py_ssize_t s, r, k, colon, vs, ve, ms, me, ts, te
-    cdef int minor, hosts = 0, flags = 0, tokens
+    cdef int minor, hosts = 0, flags = 0, tokens, dropped = 0
+    cdef Py_ssize_t drop_start[MAX_DROPPED_LINES]
+    cdef Py_ssize_t drop_end[MAX_DROPPED_LINES]
+    cdef bint hop
     cdef int64_t length = -1
     cdef bint chunked = False, te_seen = False
     cdef const unsigned char* q
@@ -791,6 +815,7 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
             if not _FVCHAR[p[k]] and not _is_ows(p[k]):
                 return None
         ms = colon - s
+        hop = False
         if ms == 4 and _eq_lower(p + s, 4, b"host", 4):
             hosts += 1
         elif ms == 14 and _eq_lower(p + s, 14, b"content-length", 14):
@@ -808,23 +833,35 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
             if tokens < 0:
                 return None
             flags |= tokens | CONN_HOP
+            hop = True
         elif ((ms == 10 and _eq_lower(p + s, 10, b"keep-alive", 10))
               or (ms == 16 and _eq_lower(p + s, 16, b"proxy-connection", 16))
               or (ms == 2 and _eq_lower(p + s, 2, b"te", 2))
               or (ms == 7 and _eq_lower(p + s, 7, b"trailer", 7))):
             flags |= CONN_HOP
+            hop = True
         elif ms == 7 and _eq_lower(p + s, 7, b"upgrade", 7):
             return None   # protocol switches take the slow path
+        if hop:   # cut the line with the CRLF before it
+            if dropped == MAX_DROPPED_LINES:
+                return None
+            drop_start[dropped] = s - 2
+            drop_end[dropped] = r
+            dropped += 1
         s = r + 2
     if (chunked and (length >= 0 or minor == 0)) or hosts > 1 or (minor == 1 and hosts == 0):
         return None
+    forward = _without_lines(p, n, drop_start, drop_end, dropped) if dropped else None
     return (PyBytes_FromStringAndSize(<const char*>p, me),
             PyBytes_FromStringAndSize(<const char*>p + ts, te - ts),
-            minor, length, chunked, flags)
+            minor, length, chunked, flags, forward)
 
 
 def parse_request_fast(head):
-    """(method, target, minor, content_length, chunked, conn_flags), or None.
+    """(method, target, minor, content_length, chunked, conn_flags, forward), or None.
+
+    forward is the head without its hop-by-hop lines (Connection, Keep-Alive,
+    Proxy-Connection, TE, Trailer), or None when it has none (forward the head as is).
 
     Accepts only the strict common case of a request head (token method, visible-ASCII
     target, HTTP/1.0 or 1.1, CRLF only, token field names, no whitespace before a

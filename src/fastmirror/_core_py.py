@@ -515,8 +515,13 @@ def _conn_tokens(value: bytes) -> int:
     return flags
 
 
-def parse_request_fast(head: bytes) -> tuple[bytes, bytes, int, int, bool, int] | None:
-    """(method, target, minor, content_length, chunked, conn_flags), or None (see _core.pyi)."""
+def parse_request_fast(
+    head: bytes,
+) -> tuple[bytes, bytes, int, int, bool, int, bytes | None] | None:
+    """(method, target, minor, content_length, chunked, conn_flags, forward), or None.
+
+    See _core.pyi.
+    """
     data = bytes(_as_bytes(head))
     if len(data) < 18 or not data.endswith(b"\r\n\r\n"):
         return None
@@ -528,6 +533,7 @@ def parse_request_fast(head: bytes) -> tuple[bytes, bytes, int, int, bool, int] 
     hosts = flags = 0
     length = -1
     chunked = False
+    kept = [lines[0]]
     for line in lines[1:]:
         f = _FIELD_LINE.fullmatch(line)
         if f is None:
@@ -548,10 +554,17 @@ def parse_request_fast(head: bytes) -> tuple[bytes, bytes, int, int, bool, int] 
             if tokens < 0:
                 return None
             flags |= tokens | REQ_CONN_HOP
+            continue
         elif name in _OTHER_HOP:
             flags |= REQ_CONN_HOP
+            continue
         elif name == b"upgrade":
             return None
+        kept.append(line)
     if (chunked and (length >= 0 or minor == 0)) or hosts > 1 or (minor == 1 and hosts == 0):
         return None
-    return method, target, minor, length, chunked, flags
+    dropped = len(lines) - len(kept)
+    if dropped > 16:
+        return None
+    forward = b"\r\n".join(kept) + b"\r\n\r\n" if dropped else None
+    return method, target, minor, length, chunked, flags, forward

@@ -21,8 +21,6 @@ import h11
 from .hotpath import (
     HEAD_ERR_MESSAGES,
     REQ_CONN_CLOSE,
-    REQ_CONN_HOP,
-    REQ_CONN_KEEP_ALIVE,
     ChunkedError,
     ChunkedScanner,
     check_head,
@@ -47,7 +45,6 @@ __all__ = [
 # is hop-by-hop too, but the body is forwarded in its original chunked framing, so the
 # header that describes that framing must travel with it.
 HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade")
-_HOP_MARKERS = tuple(b"\n" + name + b":" for name in HOP_BY_HOP)
 
 REASONS = {
     400: b"Bad Request",
@@ -155,17 +152,10 @@ def parse_request_head(raw: bytes) -> RequestHead:
     fast = parse_request_fast(raw)
     if fast is None:
         return _parse_request_head_slow(raw)
-    method, target, minor, content_length, chunked, flags = fast
-    forward = raw
-    if flags & REQ_CONN_HOP:
-        tokens = [t for bit, t in _CONN_TOKEN_BITS if flags & bit]
-        forward = _strip_hop_by_hop(raw, raw.lower(), tokens, False)
+    method, target, minor, content_length, chunked, flags, forward = fast
     keep_alive = minor == 1 and not flags & REQ_CONN_CLOSE
-    return RequestHead(raw, forward, method, target, minor == 0, content_length, chunked,
-                       keep_alive, False)
-
-
-_CONN_TOKEN_BITS = ((REQ_CONN_CLOSE, b"close"), (REQ_CONN_KEEP_ALIVE, b"keep-alive"))
+    return RequestHead(raw, raw if forward is None else forward, method, target, minor == 0,
+                       content_length, chunked, keep_alive, False)
 
 
 def _parse_request_head_slow(raw: bytes) -> RequestHead:
@@ -224,22 +214,39 @@ def _content_length(value: bytes, lower: bytes) -> int:
     return int(sent)
 
 
+_LINE_MARKERS = {name: b"\r\n" + name + b":" for name in HOP_BY_HOP}
+
+
 def _strip_hop_by_hop(raw: bytes, lower: bytes, conn_tokens: list[bytes], upgrade: bool) -> bytes:
     """Drop hop-by-hop header lines, leaving every other byte as received."""
-    named = [t for t in conn_tokens if t and t not in HOP_BY_HOP]
-    if not named and not any(marker in lower for marker in _HOP_MARKERS):
-        return raw  # the common case: nothing to drop, no copy
-    drop = set(HOP_BY_HOP).union(named)
+    named = [t for t in conn_tokens if t and t not in _LINE_MARKERS]
+    markers = [m for m in _LINE_MARKERS.values() if m in lower]
     if upgrade:  # the upgrade handshake must reach the primary intact
-        drop.discard(b"connection")
-        drop.discard(b"upgrade")
-    lines = raw[:-4].split(b"\r\n")
-    kept = [lines[0]]
-    for line in lines[1:]:
-        name = line[: line.index(b":")].lower()
-        if name not in drop:
-            kept.append(line)
-    return b"\r\n".join(kept) + b"\r\n\r\n"
+        markers = [m for m in markers if m not in (b"\r\nconnection:", b"\r\nupgrade:")]
+    markers.extend(b"\r\n" + t + b":" for t in named)
+    if not markers:
+        return raw  # the common case: nothing to drop, no copy
+    # Cut each dropped line out together with the CRLF before it, by search and slice:
+    # a validated head has CRLF line ends and no space before a colon, so
+    # "CRLF name:" finds exactly the lines of that name.
+    spans = []
+    for marker in markers:
+        at = lower.find(marker)
+        while at >= 0:
+            end = lower.find(b"\r\n", at + 2)
+            spans.append((at, end))
+            at = lower.find(marker, end)
+    if len(spans) == 1:
+        start, end = spans[0]
+        return raw[:start] + raw[end:]
+    spans.sort()
+    pieces = []
+    pos = 0
+    for start, end in spans:
+        pieces.append(raw[pos:start])
+        pos = end
+    pieces.append(raw[pos:])
+    return b"".join(pieces)
 
 
 class BodyFramer:

@@ -612,9 +612,10 @@ def test_parity_parse_request_fast(head: bytes) -> None:
 
 def test_parse_request_fast_common_case(core: ModuleType) -> None:
     head = b"GET /bench?q=1 HTTP/1.1\r\nHost: 127.0.0.1:18040\r\n\r\n"
-    assert core.parse_request_fast(head) == (b"GET", b"/bench?q=1", 1, -1, False, 0)
-    head = b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+    assert core.parse_request_fast(head) == (b"GET", b"/bench?q=1", 1, -1, False, 0, None)
+    head = b"POST /u HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nContent-Length: 12\r\nTE: x\r\n\r\n"
     assert core.parse_request_fast(head) == (
-        b"POST", b"/u", 1, 12, False, core.REQ_CONN_KEEP_ALIVE | core.REQ_CONN_HOP)
+        b"POST", b"/u", 1, 12, False, core.REQ_CONN_KEEP_ALIVE | core.REQ_CONN_HOP,
+        b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
     assert core.parse_request_fast(b"GET / HTTP/1.1\r\n\r\n") is None          # no Host: h11 decides
     assert core.parse_request_fast(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n") is None
