@@ -76,16 +76,19 @@ SCENARIO_LABEL = {
 SCENARIO_SHADOW = {"none": None, "h10": "shadow", "h100": "shadow", "slow": "slow",
                    "blackhole": "blackhole", "dead": "dead"}
 BAD = ("slow", "blackhole", "dead")
-CONTENDERS = ["direct", "nginx", "envoy", "fastmirror", "fastmirror-w2"]
+# fastmirror-diff: the same proxy with response diffing on (--diff), for its cost.
+CONTENDERS = ["direct", "nginx", "envoy", "fastmirror", "fastmirror-diff", "fastmirror-w2"]
 CONTENDER_SCENARIOS = {
     "direct": ["none"],
     "nginx": SCENARIOS,
     "envoy": SCENARIOS,
     "fastmirror": SCENARIOS,
+    "fastmirror-diff": ["h100"],
     "fastmirror-w2": ["none", "h100"],
 }
 SMOKE_POINTS = ["direct:none", "fastmirror:none", "fastmirror:h10", "fastmirror:h100",
-                "fastmirror:slow", "fastmirror:blackhole", "fastmirror:dead", "fastmirror-w2:h100"]
+                "fastmirror:slow", "fastmirror:blackhole", "fastmirror:dead", "fastmirror-w2:h100",
+                "fastmirror-diff:h100"]
 
 
 class HarnessError(Exception):
@@ -478,6 +481,8 @@ class Lab:
                     "--workers", str(workers), "--log-level", "warning", "--drain-timeout", "1"]
             if mirror:
                 argv += ["--shadow", "127.0.0.1:%d" % shadow_port, "--mirror-percent", str(pct)]
+            if contender == "fastmirror-diff":
+                argv += ["--diff"]
             env = {k: v for k, v in os.environ.items() if k != "FASTMIRROR_NO_EXTENSIONS"}
             cpus = self.both_cpus if workers > 1 else self.proxy_cpu
             proc = Proc(self, contender, argv, cpus, lifetime, log, env=env)
@@ -988,6 +993,18 @@ def build_report(lab: Lab, meta: dict[str, Any]) -> str:  # noqa: C901 (one tabl
         L += ["## Does a bad shadow reach the client? (relative to the same contender's healthy 100% run)", "",
               "| contender | scenario | req/s vs healthy | p99 vs healthy | client errors |",
               "|---|---|---:|---:|---:|"] + rows + [""]
+
+    # -- diffing cost
+    r0, r1 = S.get("fastmirror", "h100", "rps"), S.get("fastmirror-diff", "h100", "rps")
+    if r0 is not None and r1 is not None:
+        L += ["## What response diffing costs (`--diff`, healthy shadow, 100%)", "",
+              "The primary and the shadow are the same nginx `return 200`, so nearly every pair is "
+              "byte-identical and settles on a byte comparison; pairs that differ are parsed and compared "
+              "field by field (see benchmarks/bench_diff.py for that cost per pair).", "",
+              "| | req/s | p99 ms | ratio to --diff off |", "|---|---:|---:|---:|",
+              "| --diff off | %s | %s | 1.00x |" % (f_rps(r0), f_ms(S.get("fastmirror", "h100", "p99_ms"))),
+              "| --diff on | %s | %s | %s |" % (f_rps(r1), f_ms(S.get("fastmirror-diff", "h100", "p99_ms")),
+                                                  f_ratio(ratio(r1, r0))), ""]
 
     # -- workers scaling
     rows = []
