@@ -155,7 +155,7 @@ class Handler:
         snapshot = await self._diffs_snapshot()
         if fmt == "json":
             return _json(snapshot)
-        from fastmirror.diff import render_html, render_text
+        from fastmirror.diffstore import render_html, render_text
 
         if fmt == "html":
             return 200, HTML, render_html(snapshot).encode(), []

@@ -25,7 +25,9 @@ import time
 from collections import deque
 from typing import Any
 
-from .diff import MATCH, Comparison, DiffRules, DiffStore, EndpointNamer, compare, parse_captured
+from .diff import MATCH, Comparison, DiffRules, compare, parse_captured
+from .diffstore import DiffStore
+from .endpoints import EndpointNamer
 from .mirror import Capture
 
 log = logging.getLogger("fastmirror.diff")

@@ -277,11 +277,11 @@ def _diff_rules(key: str) -> Callable[[object], tuple[str, ...]]:
 
     def convert(value: object) -> tuple[str, ...]:
         patterns = _patterns(value)
-        from fastmirror import diff  # pure as well; imported only when patterns are given
+        from fastmirror import diff, endpoints  # pure as well; only when patterns are given
 
         try:
             if key == "templates":
-                diff.EndpointNamer(templates=patterns)
+                endpoints.EndpointNamer(templates=patterns)
             elif key == "ignore":
                 diff.DiffRules(ignore=patterns)
             else:

@@ -370,7 +370,7 @@ class Diffing:
         if key == self._key and self.comparator is not None:
             return self.comparator
         from .comparator import Comparator
-        from .diff import DiffStore
+        from .diffstore import DiffStore
         from .logs import DiffLog
 
         if self.store is None:

@@ -180,7 +180,7 @@ class SupervisorRuntime:
         """Every ready worker's DiffStore snapshot, merged (a late worker is left out)."""
         if not self.sup.config.diff.enabled:
             return {"upstreams": {}}
-        from .diff import DiffStore
+        from .diffstore import DiffStore
 
         replies = await self.sup.ask("diffs")
         return DiffStore.merge_snapshots([reply for _, reply in replies])

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from fastmirror.diff import (
     ABSENT, MATCH, MISMATCH, NOISE, OTHER, OTHER_FIELDS, Captured, Comparison, Difference,
-    DiffRules, DiffStore, EndpointNamer, compare, parse_captured, render_html, render_text)
+    DiffRules, compare, parse_captured)
+from fastmirror.diffstore import DiffStore, render_html, render_text
+from fastmirror.endpoints import EndpointNamer
 
 JSON_CT = {"content-type": "application/json"}
 

@@ -16,7 +16,8 @@ import pytest
 
 import fastmirror
 
-PURE = {"codec", "router", "config", "hotpath", "_core_py", "metrics", "mirror", "diff", "report"}
+PURE = {"codec", "router", "config", "hotpath", "_core_py", "metrics", "mirror", "diff", "diffstore",
+        "endpoints", "report"}
 FORBIDDEN = {"asyncio", "socket", "uvloop", "selectors", "ssl"}
 SRC = Path(fastmirror.__file__).parent
 
