@@ -998,9 +998,11 @@ def build_report(lab: Lab, meta: dict[str, Any]) -> str:  # noqa: C901 (one tabl
     r0, r1 = S.get("fastmirror", "h100", "rps"), S.get("fastmirror-diff", "h100", "rps")
     if r0 is not None and r1 is not None:
         L += ["## What response diffing costs (`--diff`, healthy shadow, 100%)", "",
-              "The primary and the shadow are the same nginx `return 200`, so nearly every pair is "
-              "byte-identical and settles on a byte comparison; pairs that differ are parsed and compared "
-              "field by field (see benchmarks/bench_diff.py for that cost per pair).", "",
+              "The primary answers `ok primary ...` and the shadow `ok shadow  ...` (100 bytes each), so "
+              "every pair differs: each one is parsed, compared (status, content-type, then the body by "
+              "length, sha256 and an excerpt), counted as a mismatch and recorded with its example. That is "
+              "diffing's worst case; byte-identical answers settle on a byte comparison and cost far less "
+              "(benchmarks/bench_diff.py has the cost per pair).", "",
               "| | req/s | p99 ms | ratio to --diff off |", "|---|---:|---:|---:|",
               "| --diff off | %s | %s | 1.00x |" % (f_rps(r0), f_ms(S.get("fastmirror", "h100", "p99_ms"))),
               "| --diff on | %s | %s | %s |" % (f_rps(r1), f_ms(S.get("fastmirror-diff", "h100", "p99_ms")),
