@@ -9,7 +9,6 @@ no task. Connecting is the one awaited step.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Protocol
 
@@ -35,13 +34,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop (like asyncio) already sets TCP_NODELAY on every TCP transport.
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def data_received(self, data: bytes) -> None:
         if self.handler is not None:
