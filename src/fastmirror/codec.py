@@ -48,6 +48,7 @@ HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"traile
 
 REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
@@ -356,6 +357,10 @@ class ResponseFramer:
             self.upgraded = self.close = self.done = True
         elif self.head_only or status in (204, 304):
             self.done = True
+            # A 204 that announces a body (or a 304 with a chunked one) may well send
+            # it: those bytes would be read as the next response on a reused connection.
+            if (status == 204 and (length > 0 or chunked)) or (status == 304 and chunked):
+                self.close = True
         elif chunked:
             self._mode = _CHUNKED
             self._scanner = ChunkedScanner()
@@ -389,6 +394,11 @@ class ResponseFramer:
                     self.excess = self.close = True
             return n
         return len(data) - start  # until close
+
+    @property
+    def until_close(self) -> bool:
+        """The body is delimited by the upstream's close (no length, not chunked)."""
+        return self._mode == _UNTIL_CLOSE
 
     def eof(self) -> None:
         """The upstream closed its side.

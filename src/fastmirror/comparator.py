@@ -188,9 +188,11 @@ class Comparator:
                     pending.reasons[name] = "timeout"
             self.ready(pending)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker thread once its queue is done (waiting up to 5 s if `wait`)."""
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        if wait:
+            self._thread.join(timeout=5)
 
     # -- worker thread ------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.deadline = 0.0       # idle or primary deadline, checked by the server's sweep
         self.blocked = 0
         self.writing_paused = False
+        self.client_eof = False
         self.tunnel = False
         self.seq = 0
         self._reset_exchange()
@@ -126,8 +127,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.head is None or self.body is not None:
             self._close()  # nothing in progress, or the request can never complete
             return False
-        # The whole request is in; let its response go out, then close (HTTP/1.0-style).
-        self.keep_alive = False
+        # The whole request is in: its response, and those of any complete requests
+        # pipelined behind it, still go out; the connection closes after the last.
+        self.client_eof = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -225,6 +227,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if conn is not None:
             self.upstream = conn
             self.reused = True
+            if self.writing_paused:  # the client still has not read the last response
+                conn.pause_reading()
             conn.write(head.forward)
         else:
             self.pending = [head.forward]
@@ -235,8 +239,8 @@ class DownstreamProtocol(asyncio.Protocol):
     def _feed_body(self, data: bytes, start: int) -> int:
         assert self.body is not None
         n = self.body.feed(data, start)
-        if n:
-            self.deadline = time.monotonic() + self.settings.primary_timeout
+        if n:  # while the body streams, the client is the one to wait for
+            self.deadline = time.monotonic() + self.settings.idle_timeout
             chunk = data if n == len(data) else data[start:start + n]
             self._to_upstream(chunk)
             mirror_body = self.mirror_body
@@ -269,6 +273,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _request_complete(self) -> None:
         """The whole request is on its way to the primary: hand the copy to the shadows."""
+        if self.body is not None:  # the primary's timeout runs from the end of the request
+            self.deadline = time.monotonic() + self.settings.primary_timeout
         self.body = None
         if self.mirror_reason != SENT:
             return
@@ -277,7 +283,9 @@ class DownstreamProtocol(asyncio.Protocol):
             data += self.mirror_body
         self.mirror_body = None
         assert self.head is not None
-        job = MirrorJob(data, self.head.method == b"HEAD", self.request_id, self.diff_pending)
+        head = self.head
+        job = MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff_pending,
+                        head.method in IDEMPOTENT and not head.has_body)
         self.diff_submitted = True
         outcomes = [shadow.submit(job) for shadow in self.settings.shadows]
         if job.diff is not None and self.settings.secondary is not None:
@@ -301,6 +309,8 @@ class DownstreamProtocol(asyncio.Protocol):
             pool.release(conn)  # this exchange is gone; the connection is clean
             return
         self.upstream = conn
+        if self.writing_paused:
+            conn.pause_reading()
         pending, self.pending = self.pending, None
         for chunk in pending or ():
             conn.write(chunk)
@@ -383,8 +393,11 @@ class DownstreamProtocol(asyncio.Protocol):
                 conn.close()
             else:
                 conn.pool.release(conn)
-        if request_incomplete or not self.keep_alive:
-            self._close()  # an early answer leaves the rest of the body unread: close
+        # An early answer leaves the rest of the body unread; a body delimited by the
+        # primary's close can only be delimited for the client by ours.
+        if request_incomplete or not self.keep_alive or framer.until_close:
+            self.head = None  # logged above; connection_lost must not log it again
+            self._close()
             return
         self._reset_exchange()
         self.deadline = time.monotonic() + s.idle_timeout
@@ -396,6 +409,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._process(data)
             except HttpError as exc:
                 self._refuse(exc)
+                return
+        if self.client_eof and self.head is None:
+            self._close()  # the client is done sending and no complete request is left
 
     def _start_tunnel(self, conn: UpstreamConnection | None) -> None:
         """After a 101, bytes flow both ways untouched until either side closes."""
@@ -474,15 +490,25 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.head is None:
             self._close()  # idle keep-alive connection
-        elif self.writing_paused:  # the client stopped reading its response
-            if self.upstream is not None:
-                self.upstream.close()
-                self.upstream = None
-            self._log(self.framer.status if self.framer else 0)
-            self.head = None
-            self._close()
+        elif self.writing_paused or self.body is not None:
+            self._client_timed_out()
         else:
             self._primary_failed(504, "primary timed out")
+
+    def _client_timed_out(self) -> None:
+        """The client stopped sending its request body, or reading its response."""
+        self._end_diff("client-timeout")
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.pending = None
+        status = self.framer.status if self.framer and self.response_started else 408
+        if not self.response_started and self.transport is not None:
+            self.ctx.registry.downstream_error(408)
+            self.transport.write(error_response(408, "request body timed out"))
+        self._log(status)
+        self.head = None
+        self._close()
 
     def shutdown(self) -> None:
         """Drain: close now when idle, else after the response in flight."""

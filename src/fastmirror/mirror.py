@@ -38,13 +38,15 @@ class RequestIds:
 class MirrorJob:
     """One request as the shadows will receive it."""
 
-    __slots__ = ("data", "head_request", "request_id", "diff")
+    __slots__ = ("data", "head_request", "request_id", "diff", "retry_safe")
 
     def __init__(self, data: bytes, head_request: bool, request_id: str,
-                 diff: Any = None) -> None:
+                 diff: Any = None, retry_safe: bool = False) -> None:
         self.data = data
         self.head_request = head_request
         self.request_id = request_id
+        # Idempotent and without a body: may be sent again after a stale connection.
+        self.retry_safe = retry_safe
         self.diff = diff  # comparator.Pending when the responses are to be compared
 
 

@@ -68,6 +68,10 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
     def close(self) -> None:
         """Close now, dropping anything unsent; the handler is not told."""
         self.handler = None
@@ -126,6 +130,10 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.close()
             return
+        # Flow control may have paused it for a slow client; idle, it must read (a
+        # stray byte or a close has to be seen), and its next exchange starts fresh.
+        if conn.transport is not None:
+            conn.transport.resume_reading()
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 

@@ -276,22 +276,28 @@ class Worker:
         log.info("drained, exiting")
 
     async def _sweep_forever(self) -> None:
-        ctx = self.ctx
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            now = time.monotonic()
-            for conn in list(ctx.connections):
-                conn.sweep(now)
-            s = ctx.settings
-            s.primary_pool.sweep(now)
-            for shadow in s.shadows:
-                shadow.sweep(now)
-            for shadow in s.retired:
-                shadow.sweep(now)
-            if s.secondary is not None:
-                s.secondary.sweep(now)
-            self.diffs.sweep(now)
-            s.retired = [t for t in s.retired if t.active or len(t.queue)]
+            try:
+                self._sweep(time.monotonic())
+            except Exception:  # a bug here must not switch every timeout off for good
+                log.exception("sweep failed")
+
+    def _sweep(self, now: float) -> None:
+        """Enforce every timeout: connections, pools, shadows, pending diffs."""
+        ctx = self.ctx
+        for conn in list(ctx.connections):
+            conn.sweep(now)
+        s = ctx.settings
+        s.primary_pool.sweep(now)
+        for shadow in s.shadows:
+            shadow.sweep(now)
+        for shadow in s.retired:
+            shadow.sweep(now)
+        if s.secondary is not None:
+            s.secondary.sweep(now)
+        self.diffs.sweep(now)
+        s.retired = [t for t in s.retired if t.active or len(t.queue)]
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; new requests use it, in-flight ones finish."""
@@ -395,7 +401,7 @@ class Diffing:
     def _retire(self) -> None:
         old, self.comparator = self.comparator, None
         if old is not None:
-            asyncio.get_running_loop().call_later(self.RETIRE_AFTER, old.close)
+            asyncio.get_running_loop().call_later(self.RETIRE_AFTER, old.close, False)
 
     def close(self) -> None:
         if self.comparator is not None:

@@ -189,7 +189,7 @@ class ShadowExchange:
 
     def _lost(self) -> None:
         """The connection ended before the response did."""
-        if self.reused and not self.got_bytes and not self.finished:
+        if self.reused and not self.got_bytes and not self.finished and self.job.retry_safe:
             # A pooled connection the shadow had just closed: retry once on a new one.
             self._detach(reuse=False)
             self.reused = False

@@ -1,0 +1,199 @@
+"""Upstreams and clients at the edges of HTTP/1.1 framing, end to end.
+
+Each case is a sequence a code review found mishandled: a body delimited by the
+primary's close, a client that half-closes after pipelining, a 204 that sends the
+body it announced, a shadow that drops a copy of a POST, a client that stalls in the
+middle of its request body. Raw upstreams on 127.0.0.1, fastmirror as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
+
+
+class RawUpstream:
+    """A scripted upstream: handler(reader, writer, server) per connection, in its own thread."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[bytes] = []   # heads (and bodies, where the handler reads them)
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "RawUpstream":
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+        server.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.handler(reader, writer, self)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def read_head(reader: asyncio.StreamReader, server: RawUpstream) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    server.requests.append(head)
+    return head
+
+
+def exchange(port: int, data: bytes, half_close: bool = False, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send data, optionally half-close, read until EOF or timeout: (bytes, saw EOF)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                return bytes(out), False
+            if not chunk:
+                return bytes(out), True
+            out += chunk
+        return bytes(out), False
+
+
+def test_body_delimited_by_the_primarys_close_is_delimited_by_ours(run_proxy):
+    async def until_close(reader, writer, server):
+        await read_head(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nbody-until-close")
+        await writer.drain()
+
+    with RawUpstream(until_close) as primary:
+        proxy = run_proxy(primary=primary.address, shadow=None)
+        got, eof = exchange(proxy.port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert got.endswith(b"\r\n\r\nbody-until-close")
+        assert eof, "the client must see the close that ends the body"
+
+
+def test_half_close_after_pipelining_still_answers_every_request(run_proxy, tmp_path):
+    async def keep_alive(reader, writer, server):
+        while True:
+            head = await read_head(reader, server)
+            body = b"resp " + head.split(b" ", 2)[1]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    log = tmp_path / "access.jsonl"
+    with RawUpstream(keep_alive) as primary:
+        proxy = run_proxy("--access-log", str(log), primary=primary.address, shadow=None)
+        got, eof = exchange(proxy.port, b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        b"GET /p2 HTTP/1.1\r\nHost: x\r\n\r\n", half_close=True)
+        assert got.count(b"HTTP/1.1 200 OK") == 2 and got.endswith(b"resp /p2") and eof
+        got, eof = exchange(proxy.port, b"GET /one HTTP/1.0\r\n\r\n")
+        assert got.endswith(b"resp /one") and eof
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(log.read_bytes().splitlines()) < 3:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        assert [(r["path"], r["status"]) for r in lines] == [("/p1", 200), ("/p2", 200), ("/one", 200)]
+
+
+def test_a_204_that_sends_its_announced_body_does_not_poison_the_next_request(run_proxy):
+    async def sloppy(reader, writer, server):
+        while True:
+            head = await read_head(reader, server)
+            if head.startswith(b"GET /nobody"):
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"oops!")  # the body a 204 cannot have
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    with RawUpstream(sloppy) as primary:
+        proxy = run_proxy(primary=primary.address, shadow=None)
+        first, _ = exchange(proxy.port, b"GET /nobody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 204")
+        for _ in range(5):
+            got, _ = exchange(proxy.port, b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"ok"), got
+
+
+def test_a_shadow_that_drops_a_posts_copy_does_not_get_it_twice(run_proxy):
+    async def primary_ok(reader, writer, server):
+        while True:
+            head = await read_head(reader, server)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]) \
+                if b"content-length:" in head.lower() else 0
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def shadow_drops_posts(reader, writer, server):
+        while True:
+            head = await read_head(reader, server)
+            if head.startswith(b"POST"):
+                await reader.readexactly(9)
+                return  # read the copy, then close without answering
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    with RawUpstream(primary_ok) as primary, RawUpstream(shadow_drops_posts) as shadow:
+        proxy = run_proxy("--mirror-methods", "ALL", primary=primary.address, shadow=shadow.address)
+        # A GET first, so the POST's copy goes out on a reused shadow connection.
+        exchange(proxy.port, b"GET /warm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)
+        got, _ = exchange(proxy.port, b"POST /charge HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n"
+                                      b"Connection: close\r\n\r\namount=10")
+        assert got.endswith(b"ok")
+        time.sleep(1.0)
+        posts = [h for h in shadow.requests if h.startswith(b"POST")]
+        assert len(posts) == 1, "a POST copy must never be sent twice"
+        assert proxy.metric("fastmirror_mirror_requests_total", outcome="failed") == 1
+
+
+def test_a_client_stalling_mid_body_gets_408_and_the_primary_is_not_blamed(run_proxy):
+    async def reads_forever(reader, writer, server):
+        await read_head(reader, server)
+        await reader.read()  # waits for a body that never completes
+
+    with RawUpstream(reads_forever) as primary:
+        proxy = run_proxy("--idle-timeout", "1", "--primary-timeout", "1",
+                          primary=primary.address, shadow=None)
+        got, eof = exchange(proxy.port, b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npart",
+                            timeout=8)
+        assert got.startswith(b"HTTP/1.1 408 ") and eof, got
+        assert proxy.metric("fastmirror_responses_total", role="primary", code="error") == 0
