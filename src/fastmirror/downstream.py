@@ -153,17 +153,15 @@ class DownstreamProtocol(asyncio.Protocol):
         # read on (nginx's send_timeout).
         self.writing_paused = True
         self.deadline = time.monotonic() + self.ctx.settings.idle_timeout
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         if self.head is not None:
             self.deadline = time.monotonic() + self.settings.primary_timeout
-        up = self.upstream
-        if up is not None and up.transport is not None and not up.closed:
-            up.transport.resume_reading()
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     # -- requests ---------------------------------------------------------------------
 

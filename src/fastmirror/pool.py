@@ -24,7 +24,7 @@ class UpstreamHandler(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "handler", "idle_since", "closed")
+    __slots__ = ("pool", "transport", "handler", "idle_since", "closed", "paused")
 
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
@@ -32,6 +32,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.handler: UpstreamHandler | None = None
         self.idle_since = 0.0
         self.closed = False
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop (like asyncio) already sets TCP_NODELAY on every TCP transport.
@@ -69,8 +70,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        """Hold the upstream back (flow control: the client reads slower)."""
+        if self.transport is not None and not self.closed and not self.paused:
+            self.paused = True
             self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         """Close now, dropping anything unsent; the handler is not told."""
@@ -132,8 +141,7 @@ class UpstreamPool:
             return
         # Flow control may have paused it for a slow client; idle, it must read (a
         # stray byte or a close has to be seen), and its next exchange starts fresh.
-        if conn.transport is not None:
-            conn.transport.resume_reading()
+        conn.resume_reading()
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
