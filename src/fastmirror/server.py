@@ -324,6 +324,10 @@ class Worker:
         for shadow in new.retired:
             shadow.close()
         new.retired = []
+        if new.primary_pool is not old.primary_pool:
+            # Idle connections to the old primary close now; those in use close when
+            # their exchange returns them to the closed pool.
+            old.primary_pool.close()
         log.info("SIGHUP: config reloaded from %s", self.config_path)
 
     def _open_access_log(self, config: Config, previous: str | None = None) -> None:

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import read_response, write_toml
+from conftest import RecordingServer, read_response, write_toml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -126,3 +126,26 @@ def test_sd_notify_ready(run_proxy, primary):
         sock.close()
         os.unlink(path)
         os.rmdir(tmpdir)
+
+
+def test_sighup_moves_traffic_to_a_new_primary(run_proxy, primary, shadow):
+    """A reload that names another primary: new requests go there, the old pool is let go."""
+    proxy = run_proxy(config={"mirror_percent": 0})
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        assert client.get(proxy.url + "/before").status_code == 200
+    assert [r.target for r in primary.wait_for_requests(1)] == ["/before"]
+    with RecordingServer("primary2") as primary2:
+        text = proxy.config_path.read_text().replace(primary.address, primary2.address)
+        assert primary2.address in text
+        proxy.config_path.write_text(text)
+        proxy.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while proxy.admin("GET", "/config").json()["primary"] != primary2.address:
+            assert time.monotonic() < deadline, proxy.describe()
+            time.sleep(0.05)
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            for i in range(3):
+                got = client.get(f"{proxy.url}/after/{i}")
+                assert got.status_code == 200 and got.headers["x-upstream"] == "primary2"
+        assert len(primary2.wait_for_requests(3)) == 3
+        assert len(primary.requests) == 1
