@@ -290,14 +290,16 @@ class ResponseFramer:
     """Frames one upstream response; `feed` returns the bytes to pass on now.
 
     Interim 1xx responses (100 Continue) are passed on and framing continues with the
-    final response. A 101 ends the response: the connection becomes a tunnel.
+    final response, except to an HTTP/1.0 client, which must not get them (RFC 9110
+    section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel.
     """
 
-    __slots__ = ("head_only", "status", "done", "close", "upgraded", "excess",
+    __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
                  "_head", "_mode", "_remaining", "_scanner")
 
-    def __init__(self, head_request: bool) -> None:
+    def __init__(self, head_request: bool, drop_interim: bool = False) -> None:
         self.head_only = head_request
+        self.drop_interim = drop_interim
         self.status = 0          # final status, 0 until its head is complete
         self.done = False
         self.close = False       # the upstream connection cannot be reused
@@ -325,24 +327,26 @@ class ResponseFramer:
 
     def _feed_head(self, data: bytes) -> bytes:
         buf = self._head + data if self._head else data
-        pos = 0
+        pos = start = 0  # start: where the bytes to pass on begin
         while not self.status:
             end = find_head_end(buf, pos)
             if end < 0:
                 if len(buf) - pos > MAX_RESPONSE_HEAD:
                     raise ResponseError("response head too large")
                 self._head = buf[pos:]
-                return buf[:pos]  # interim responses complete so far
+                return buf[start:pos]  # interim responses complete so far
             self._start_body(buf[pos:end])
             pos = end
+            if not self.status and self.drop_interim:
+                start = pos
         self._head = b""
         if self.upgraded:
-            return buf  # what follows a 101 is already tunnel data
+            return buf[start:]  # what follows a 101 is already tunnel data
         if not self.done:
             pos += self._feed_body(buf, pos)
         elif pos < len(buf):
             self.excess = self.close = True
-        return buf if pos == len(buf) else buf[:pos]
+        return buf if start == 0 and pos == len(buf) else buf[start:pos]
 
     def _start_body(self, head: bytes) -> None:
         try:

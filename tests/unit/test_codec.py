@@ -292,3 +292,12 @@ def test_fast_path_takes_the_common_heads():
                 b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"):
         assert parse_request_fast(raw) is not None
     assert h11  # h11 stays the authority for everything else
+
+
+@pytest.mark.parametrize("step", [None, 1, 5])
+def test_interim_responses_dropped_for_http10_clients(step):
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    framer = ResponseFramer(False, drop_interim=True)
+    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
+    out = b"".join(framer.feed(p) for p in pieces)
+    assert framer.done and out == b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
