@@ -603,3 +603,53 @@ class RecordingServer:
                     break
                 self._changed.wait(min(quiet, max(0.0, deadline - now)))
             return list(self._requests)
+
+
+class StreamServer:
+    """A scripted server on 127.0.0.1 in its own thread: `handler(reader, writer)` per connection.
+
+    For tests whose upstream must do something RecordingServer does not (answer in a
+    particular broken way, or play a versioned app). Disconnects end the handler quietly;
+    the writer is closed afterwards, and stop cancels what is still running.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "StreamServer":
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+        server.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.handler(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()

@@ -11,52 +11,22 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import orjson
 import pytest
+from upstreams import StreamServer
 
 pytestmark = pytest.mark.e2e
 
 
-class ShopApp:
+class ShopApp(StreamServer):
     """A tiny JSON service on 127.0.0.1 in its own thread: 'primary', 'shadow' or 'secondary'."""
 
     def __init__(self, version: str) -> None:
+        super().__init__(self._serve_shop)
         self.version = version
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "ShopApp":
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
-        server.close()
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         shadow = self.version == "shadow"
@@ -75,19 +45,14 @@ class ShopApp:
         stamp = fixed if self.version == "primary" else time.time()
         return 200, "application/json", orjson.dumps({"ok": True, "ts": stamp, "n": 1})
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                path = head.split(b" ", 2)[1].decode()
-                status, ctype, body = self.respond(path)
-                writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-                             % (status, ctype.encode(), len(body), body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    async def _serve_shop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            status, ctype, body = self.respond(path)
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+                         % (status, ctype.encode(), len(body), body))
+            await writer.drain()
 
 
 @pytest.fixture

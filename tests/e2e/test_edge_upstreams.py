@@ -10,62 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from upstreams import StreamServer
 
 pytestmark = pytest.mark.e2e
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
 
 
-class RawUpstream:
-    """A scripted upstream: handler(reader, writer, server) per connection, in its own thread."""
+class RawUpstream(StreamServer):
+    """A scripted upstream: handler(reader, writer, server) per connection; `requests` it read."""
 
     def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests: list[bytes] = []   # heads (and bodies, where the handler reads them)
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "RawUpstream":
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
-        server.close()
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self.handler(reader, writer, self)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+        super().__init__(lambda reader, writer: handler(reader, writer, self))
+        self.requests: list[bytes] = []  # heads, as the handlers read them
 
 
 async def read_head(reader: asyncio.StreamReader, server: RawUpstream) -> bytes:
