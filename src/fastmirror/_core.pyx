@@ -137,6 +137,25 @@ cdef inline bint _eq_lower(const unsigned char* p, Py_ssize_t n,
     return True
 
 
+cdef inline Py_ssize_t _list_element(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve,
+                                     Py_ssize_t* ts, Py_ssize_t* te) noexcept:
+    """The first element of the comma list p[vs:ve], OWS-trimmed, as [*ts, *te).
+
+    Returns where the next element starts (past ve when this was the last).
+    """
+    cdef Py_ssize_t a = vs, b = vs
+    while b < ve and p[b] != c',':
+        b += 1
+    cdef Py_ssize_t following = b + 1
+    while a < b and _is_ows(p[a]):
+        a += 1
+    while b > a and _is_ows(p[b - 1]):
+        b -= 1
+    ts[0] = a
+    te[0] = b
+    return following
+
+
 # -- sampling ---------------------------------------------------------------------------
 
 def percent_to_ppm(double percent):
@@ -623,29 +642,13 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
         elif _eq_lower(p + s, colon - s, b"transfer-encoding", 17):
             te_present = True
             while vs < ve:   # keep the last non-empty list element
-                te = vs
-                while te < ve and p[te] != c',':
-                    te += 1
-                ts = vs
-                vs = te + 1
-                while ts < te and _is_ows(p[ts]):
-                    ts += 1
-                while te > ts and _is_ows(p[te - 1]):
-                    te -= 1
+                vs = _list_element(p, vs, ve, &ts, &te)
                 if te > ts:
                     last_coding = p + ts
                     last_coding_n = te - ts
         elif _eq_lower(p + s, colon - s, b"connection", 10):
             while vs < ve:
-                te = vs
-                while te < ve and p[te] != c',':
-                    te += 1
-                ts = vs
-                vs = te + 1
-                while ts < te and _is_ows(p[ts]):
-                    ts += 1
-                while te > ts and _is_ows(p[te - 1]):
-                    te -= 1
+                vs = _list_element(p, vs, ve, &ts, &te)
                 if _eq_lower(p + ts, te - ts, b"close", 5):
                     conn_close = True
                 elif _eq_lower(p + ts, te - ts, b"keep-alive", 10):
@@ -712,15 +715,7 @@ cdef int _conn_tokens(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve) noex
     cdef Py_ssize_t ts, te
     cdef int flags = 0
     while vs < ve:
-        te = vs
-        while te < ve and p[te] != c',':
-            te += 1
-        ts = vs
-        vs = te + 1
-        while ts < te and _is_ows(p[ts]):
-            ts += 1
-        while te > ts and _is_ows(p[te - 1]):
-            te -= 1
+        vs = _list_element(p, vs, ve, &ts, &te)
         if te == ts:
             continue
         if _eq_lower(p + ts, te - ts, b"close", 5):
