@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -114,6 +115,71 @@ class ProxyContext:
         registry.mirror_percent = config.mirror_percent
 
 
+def shed_times(count: int, window: float, now: float) -> list[float]:
+    """When to close each of ``count`` connections: evenly over ``window`` from ``now``.
+
+    The first goes one step in, not at once, and the last at the window's end, so a
+    burst of reconnecting clients never comes from one moment.
+    """
+    if count <= 0:
+        return []
+    step = max(window, 0.0) / count
+    return [now + step * (i + 1) for i in range(count)]
+
+
+def shed_connection(conn: DownstreamProtocol) -> bool:
+    """Make conn end at its next response, or now if idle; False: not now, try again.
+
+    A connection with a request whose response has not started gets
+    ``keep_alive = False``: that response is its last (and says so). An idle one
+    is closed. One whose response is already on its way, or with part of the next
+    request head in, is left for a later try: closing then would cost that client
+    a request.
+    """
+    if conn.closed or conn.tunnel:
+        return True  # gone, or a 101 tunnel that is not HTTP any more
+    if conn.head is not None:
+        if conn.response_started:
+            return False
+        conn.keep_alive = False
+        return True
+    if conn.buf:
+        return False
+    conn.shutdown()
+    return True
+
+
+class Shedder:
+    """Closes chosen client connections one at a time over a window (rebalancing).
+
+    The supervisor sends ``{"op": "shed", "count": K, "window": S}`` after a worker
+    restarts; the connections are picked at random, so no client is favoured, and
+    the server's sweep closes each at its time (see shed_connection).
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.due: list[tuple[float, DownstreamProtocol]] = []  # ascending times
+        self._rng = rng or random.Random()
+
+    def plan(self, connections: set[DownstreamProtocol], count: int, window: float,
+             now: float) -> int:
+        """Schedule up to count of connections (not already scheduled); how many were."""
+        scheduled = {conn for _, conn in self.due}
+        eligible = [c for c in connections if c not in scheduled and not c.closed and not c.tunnel]
+        chosen = self._rng.sample(eligible, min(max(count, 0), len(eligible)))
+        times = shed_times(len(chosen), window, now)
+        self.due = sorted([*self.due, *zip(times, chosen)], key=lambda item: item[0])
+        return len(chosen)
+
+    def sweep(self, now: float) -> None:
+        """Shed every connection whose time has come; keep those to retry."""
+        keep = []
+        for due, conn in self.due:
+            if due > now or not shed_connection(conn):
+                keep.append((due, conn))
+        self.due = keep
+
+
 class Runtime:
     """What the admin endpoint reads and sets (see admin.py)."""
 
@@ -186,6 +252,7 @@ class Worker:
         self.notify = notify
         self.control = control  # channel to the supervisor (workers.py), if any
         self.stop_requested: asyncio.Event | None = None
+        self.shedder = Shedder()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -256,8 +323,24 @@ class Worker:
             return None
         if op == "ping":
             return {"op": "pong"}
+        if op == "shed":
+            self._shed(msg)
+            return None
         log.warning("control: unknown message %r", msg)
         return None
+
+    def _shed(self, msg: dict[str, Any]) -> None:
+        """Rebalancing: close some client connections over a window (workers.py)."""
+        if self.ctx.draining:
+            return  # every connection is closing anyway
+        try:
+            count, window = int(msg["count"]), float(msg["window"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("control: bad shed message %r: %s", msg, exc)
+            return
+        n = self.shedder.plan(self.ctx.connections, count, window, time.monotonic())
+        log.debug("rebalancing: closing %d of %d client connections over %.1f s",
+                  n, len(self.ctx.connections), window)
 
     async def _drain(self, server: asyncio.AbstractServer, timeout: float) -> None:
         ctx = self.ctx
@@ -288,6 +371,8 @@ class Worker:
         ctx = self.ctx
         for conn in list(ctx.connections):
             conn.sweep(now)
+        if self.shedder.due:
+            self.shedder.sweep(now)
         s = ctx.settings
         s.primary_pool.sweep(now)
         for shadow in s.shadows:
