@@ -253,6 +253,10 @@ class Worker:
         self.control = control  # channel to the supervisor (workers.py), if any
         self.stop_requested: asyncio.Event | None = None
         self.shedder = Shedder()
+        # Records dropped by access logs closed since (a SIGHUP with a new path), so
+        # that fastmirror_access_log_dropped_total never goes down.
+        self._log_dropped_before = 0
+        self.registry.on_collect.append(self._collect_access_log)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -422,13 +426,14 @@ class Worker:
             return
         if s.access_log is not None:
             s.access_log.close()
+            self._log_dropped_before += s.access_log.dropped
             s.access_log = None
         if config.access_log:
             s.access_log = AccessLog(config.access_log)
-            registry = self.registry
-            access_log = s.access_log
-            registry.on_collect.append(
-                lambda reg: setattr(reg, "access_log_dropped", access_log.dropped))
+
+    def _collect_access_log(self, registry: Registry) -> None:
+        current = self.ctx.settings.access_log
+        registry.access_log_dropped = self._log_dropped_before + (current.dropped if current else 0)
 
     def _close_all(self) -> None:
         s = self.ctx.settings
