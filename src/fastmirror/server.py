@@ -127,57 +127,80 @@ def shed_times(count: int, window: float, now: float) -> list[float]:
     return [now + step * (i + 1) for i in range(count)]
 
 
-def shed_connection(conn: DownstreamProtocol) -> bool:
-    """Make conn end at its next response, or now if idle; False: not now, try again.
+# A connection marked to close after its next response that sends no request for this
+# long is closed idle (a client that paused is as likely to be between requests as a
+# keep-alive timeout would find it; one that keeps asking gets its Connection: close).
+SHED_IDLE_GRACE = 1.0
 
-    A connection with a request whose response has not started gets
-    ``keep_alive = False``: that response is its last (and says so). An idle one
-    is closed. One whose response is already on its way, or with part of the next
-    request head in, is left for a later try: closing then would cost that client
-    a request.
+
+def shed_connection(conn: DownstreamProtocol) -> bool:
+    """Mark conn to end after its next response; False when it is idle now.
+
+    A request whose response has not started gets ``keep_alive = False`` now: that
+    response is the last (and says so). Otherwise ``close_after_response`` makes the
+    next request's response the last, so the client is told rather than cut off
+    between requests. An idle connection (no request, no part of one: False) is
+    closed if it is still idle SHED_IDLE_GRACE later (``shed_idle``).
     """
     if conn.closed or conn.tunnel:
         return True  # gone, or a 101 tunnel that is not HTTP any more
+    conn.close_after_response = True
     if conn.head is not None:
-        if conn.response_started:
-            return False
-        conn.keep_alive = False
+        if not conn.response_started:
+            conn.keep_alive = False
         return True
-    if conn.buf:
-        return False
-    conn.shutdown()
-    return True
+    return bool(conn.buf)  # a request head is arriving: its response will be the last
+
+
+def shed_idle(conn: DownstreamProtocol, seq: int) -> None:
+    """Close conn if it has stayed idle since it was marked (its request count is seq)."""
+    if not conn.closed and conn.seq == seq and conn.head is None and not conn.buf:
+        conn.shutdown()
 
 
 class Shedder:
-    """Closes chosen client connections one at a time over a window (rebalancing).
+    """Ends chosen client connections one at a time over a window (rebalancing).
 
     The supervisor sends ``{"op": "shed", "count": K, "window": S}`` after a worker
     restarts; the connections are picked at random, so no client is favoured, and
-    the server's sweep closes each at its time (see shed_connection).
+    the server's sweep marks each at its time (see shed_connection) and closes those
+    that then stay idle for SHED_IDLE_GRACE.
     """
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self.due: list[tuple[float, DownstreamProtocol]] = []  # ascending times
+        # (time, connection, None) to mark it; (time, connection, seq) to close it if
+        # still idle with that many requests. Ascending times.
+        self.due: list[tuple[float, DownstreamProtocol, int | None]] = []
         self._rng = rng or random.Random()
 
     def plan(self, connections: set[DownstreamProtocol], count: int, window: float,
              now: float) -> int:
-        """Schedule up to count of connections (not already scheduled); how many were."""
-        scheduled = {conn for _, conn in self.due}
-        eligible = [c for c in connections if c not in scheduled and not c.closed and not c.tunnel]
+        """Schedule up to count of connections (not already chosen); how many were."""
+        chosen_before = {conn for _, conn, _ in self.due}
+        eligible = [c for c in connections if c not in chosen_before and not c.closed
+                    and not c.tunnel and not c.close_after_response]
         chosen = self._rng.sample(eligible, min(max(count, 0), len(eligible)))
         times = shed_times(len(chosen), window, now)
-        self.due = sorted([*self.due, *zip(times, chosen)], key=lambda item: item[0])
+        self._add([(t, conn, None) for t, conn in zip(times, chosen)])
         return len(chosen)
 
     def sweep(self, now: float) -> None:
-        """Shed every connection whose time has come; keep those to retry."""
-        keep = []
-        for due, conn in self.due:
-            if due > now or not shed_connection(conn):
-                keep.append((due, conn))
+        """Mark, or close if still idle, every connection whose time has come."""
+        keep, later = [], []
+        for item in self.due:
+            due, conn, seq = item
+            if due > now:
+                keep.append(item)
+            elif seq is not None:
+                shed_idle(conn, seq)
+            elif not shed_connection(conn):
+                later.append((now + SHED_IDLE_GRACE, conn, conn.seq))
         self.due = keep
+        self._add(later)
+
+    def _add(self, items: list[tuple[float, DownstreamProtocol, int | None]]) -> None:
+        if items:
+            self.due = sorted([*self.due, *items], key=lambda item: item[0])
 
 
 class Runtime:

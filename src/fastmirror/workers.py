@@ -56,9 +56,12 @@ SCRAPE_TIMEOUT = 1.0
 # supervisor evens out the workers' client connections: in up to REBALANCE_ROUNDS
 # rounds, each worker over its fair share (by more than REBALANCE_TOLERANCE of it plus
 # REBALANCE_SLACK connections) closes its excess, at most half of its connections a
-# round, spread evenly over REBALANCE_WINDOW seconds; a reconnecting client lands where
-# SO_REUSEPORT puts it, so later rounds finish what the first leaves uneven.
+# round, spread evenly over REBALANCE_WINDOW seconds (server.Shedder: each connection
+# ends after its next response, with Connection: close, or is closed if it stays
+# idle); a reconnecting client lands where SO_REUSEPORT puts it, so later rounds
+# finish what the first leaves uneven.
 REBALANCE_ROUNDS = 5
+REBALANCE_DELAY = 1.0  # a worker that dies this soon after it listens moves nobody
 REBALANCE_WINDOW = 2.0
 REBALANCE_SETTLE = 0.5  # after a round's window: time for the clients to reconnect
 REBALANCE_TOLERANCE = 0.1
@@ -426,6 +429,7 @@ class Supervisor:
 
     async def _rebalance(self) -> None:
         """Ask the workers holding too many client connections to close some, gently."""
+        await asyncio.sleep(REBALANCE_DELAY)
         for _ in range(REBALANCE_ROUNDS):
             if self.draining:
                 return

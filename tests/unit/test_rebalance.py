@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmirror.server import Shedder, shed_connection, shed_times
+from fastmirror.server import SHED_IDLE_GRACE, Shedder, shed_connection, shed_idle, shed_times
 from fastmirror.workers import shed_plan
 
 # -- shed_plan ---------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_shed_times_are_spread_over_the_window() -> None:
 
 
 class FakeConn:
-    """What shed_connection reads and sets on a DownstreamProtocol."""
+    """What the shedding reads and sets on a DownstreamProtocol."""
 
     def __init__(self, *, busy: bool = False, started: bool = False, buf: bytes = b"",
                  tunnel: bool = False) -> None:
@@ -89,6 +89,8 @@ class FakeConn:
         self.response_started = started
         self.buf = bytearray(buf)
         self.keep_alive = True
+        self.close_after_response = False
+        self.seq = 1
         self.shutdowns = 0
 
     def shutdown(self) -> None:
@@ -97,60 +99,92 @@ class FakeConn:
         if self.head is None:
             self.closed = True
 
-
-def test_idle_connection_is_closed() -> None:
-    conn = FakeConn()
-    assert shed_connection(conn) is True
-    assert conn.closed and conn.shutdowns == 1
+    def request(self) -> None:
+        """A new request starts (as DownstreamProtocol._start_exchange does)."""
+        self.seq += 1
+        self.head = object()
+        self.response_started = False
+        self.keep_alive = not self.close_after_response
 
 
 def test_busy_connection_ends_after_its_response() -> None:
     conn = FakeConn(busy=True)
     assert shed_connection(conn) is True
-    assert conn.keep_alive is False and not conn.closed
+    assert conn.keep_alive is False and conn.close_after_response and not conn.closed
 
 
-def test_response_under_way_or_head_arriving_waits() -> None:
-    streaming = FakeConn(busy=True, started=True)
-    assert shed_connection(streaming) is False
-    assert streaming.keep_alive is True  # its response already said keep-alive
-    arriving = FakeConn(buf=b"GET / HT")
-    assert shed_connection(arriving) is False
-    assert not arriving.closed
+def test_response_under_way_ends_after_the_next_one() -> None:
+    conn = FakeConn(busy=True, started=True)
+    assert shed_connection(conn) is True
+    assert conn.keep_alive is True  # its response already said keep-alive
+    conn.request()
+    assert conn.keep_alive is False
+
+
+def test_head_arriving_ends_after_its_response() -> None:
+    conn = FakeConn(buf=b"GET / HT")
+    assert shed_connection(conn) is True
+    assert not conn.closed and conn.close_after_response
+
+
+def test_idle_connection_is_marked_then_closed_if_still_idle() -> None:
+    conn = FakeConn()
+    assert shed_connection(conn) is False
+    assert not conn.closed and conn.close_after_response
+    shed_idle(conn, conn.seq)
+    assert conn.closed and conn.shutdowns == 1
+
+
+def test_idle_connection_that_asks_again_is_not_closed_idle() -> None:
+    conn = FakeConn()
+    assert shed_connection(conn) is False
+    seq = conn.seq
+    conn.request()  # it asked: that response is its last
+    shed_idle(conn, seq)
+    assert not conn.closed and conn.keep_alive is False
+    conn.head = None  # and even idle again after it, it is not closed by this
+    shed_idle(conn, seq)
+    assert conn.shutdowns == 0
 
 
 def test_tunnel_and_closed_connections_are_left_alone() -> None:
     tunnel = FakeConn(tunnel=True)
     assert shed_connection(tunnel) is True and not tunnel.closed and tunnel.keep_alive
+    assert not tunnel.close_after_response
     gone = FakeConn()
     gone.closed = True
     assert shed_connection(gone) is True and gone.shutdowns == 0
 
 
-def test_shedder_closes_the_chosen_ones_one_at_a_time() -> None:
-    conns = {FakeConn() for _ in range(10)}
+def test_shedder_marks_the_chosen_ones_one_at_a_time() -> None:
+    conns = {FakeConn(busy=True) for _ in range(10)}
     shedder = Shedder(random.Random(1))
     assert shedder.plan(conns, 4, 2.0, now=0.0) == 4
+
+    def marked() -> int:
+        return sum(not c.keep_alive for c in conns)
     shedder.sweep(0.4)
-    assert sum(c.closed for c in conns) == 0
+    assert marked() == 0
     shedder.sweep(0.5)
-    assert sum(c.closed for c in conns) == 1
+    assert marked() == 1
     shedder.sweep(1.6)
-    assert sum(c.closed for c in conns) == 3
+    assert marked() == 3
     shedder.sweep(2.0)
-    assert sum(c.closed for c in conns) == 4
+    assert marked() == 4
     assert shedder.due == []
+    assert not any(c.closed for c in conns)
 
 
-def test_shedder_retries_a_connection_that_was_not_ready() -> None:
-    conn = FakeConn(busy=True, started=True)
+def test_shedder_closes_idle_ones_after_the_grace() -> None:
+    idle, asks = FakeConn(), FakeConn()
     shedder = Shedder()
-    assert shedder.plan({conn}, 1, 1.0, now=0.0) == 1
-    shedder.sweep(5.0)
-    assert conn.keep_alive and len(shedder.due) == 1
-    conn.head, conn.response_started = None, False  # its response ended; it is idle now
-    shedder.sweep(5.25)
-    assert conn.closed and shedder.due == []
+    assert shedder.plan({idle, asks}, 2, 1.0, now=0.0) == 2
+    shedder.sweep(1.0)
+    assert not idle.closed and not asks.closed and len(shedder.due) == 2
+    asks.request()
+    shedder.sweep(1.0 + SHED_IDLE_GRACE)
+    assert idle.closed and not asks.closed and asks.keep_alive is False
+    assert shedder.due == []
 
 
 def test_shedder_never_picks_more_than_there_are_nor_one_twice() -> None:
@@ -159,3 +193,5 @@ def test_shedder_never_picks_more_than_there_are_nor_one_twice() -> None:
     assert shedder.plan(conns, 10, 1.0, now=0.0) == 3
     assert shedder.plan(conns, 10, 1.0, now=0.0) == 0  # all already scheduled
     assert shedder.plan(conns, -1, 1.0, now=0.0) == 0
+    shedder.sweep(1.0)
+    assert shedder.plan(conns, 10, 1.0, now=1.0) == 0  # marked: not chosen again
