@@ -16,7 +16,8 @@ kernel spreads connections over them. The supervisor serves no traffic. It:
 - tells systemd ``READY=1`` once every worker listens.
 
 Each worker holds one end of a ``socketpair()``: the control channel, newline-delimited
-JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``,
+JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``
+(also the heartbeat, every HEARTBEAT s, with id 0),
 ``{"op": "diffs", "id": N}``, ``{"op": "percent", "value": P}``, ``{"op": "ping"}``,
 ``{"op": "shed", "count": K, "window": S}`` (close K client connections over S seconds,
 to rebalance after a restart: see REBALANCE_ROUNDS); worker →
@@ -71,8 +72,9 @@ REBALANCE_SLACK = 1
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 YOUNG = 5.0  # a worker that dies younger than this (s) doubles the next delay
-# Liveness, as uvicorn's supervisor pings its workers: a ready worker silent for
-# HEARTBEAT_DEAD seconds (its event loop is stuck) is killed and restarted.
+# Liveness, as uvicorn's supervisor pings its workers (here the ping asks for a
+# snapshot): a ready worker silent for HEARTBEAT_DEAD seconds (its event loop is
+# stuck) is killed and restarted.
 HEARTBEAT = 5.0
 HEARTBEAT_DEAD = 3 * HEARTBEAT
 # On SIGTERM, workers get drain_timeout to finish; this much more before SIGKILL.
@@ -459,7 +461,10 @@ class Supervisor:
                               child.index, child.pid, now - child.last_heard)
                     child.kill(signal.SIGKILL)
                 else:
-                    child.send({"op": "ping"})
+                    # The liveness probe asks for a snapshot (id 0: no scrape waits for
+                    # it): its reply lands in self.totals, so a worker killed between
+                    # scrapes takes at most HEARTBEAT seconds of counts with it.
+                    child.send({"op": "snapshot", "id": 0})
 
     # -- what the admin endpoint needs -----------------------------------------------
 

@@ -359,6 +359,25 @@ def test_counters_never_decrease_when_a_worker_is_slow_or_killed(run_proxy, prim
         proxy.metrics()
 
 
+def test_killed_worker_counts_stay_without_a_scrape_before(run_proxy, primary):
+    """The heartbeat brings each worker's numbers every HEARTBEAT (5 s): a worker killed
+    with no scrape since its requests still has them counted."""
+    proxy = run_proxy(*WORKERS, shadow=None)
+    workers = workers_of(proxy)
+    assert len(workers) == 2, proxy.describe()
+    for i in range(40):
+        assert get_fresh(proxy, f"/unscraped/{i}") == 200
+    assert len(primary.wait_for_requests(40)) == 40
+    time.sleep(6.0)  # one heartbeat (5 s), and no scrape
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 5)
+    assert wait_until(lambda: len(set(workers_of(proxy, timeout=0)) - set(workers)) == 2, 10), \
+        proxy.describe()
+    assert proxy.metric("fastmirror_downstream_requests_total") == 40, proxy.describe()
+    assert proxy.metric("fastmirror_responses_total", role="primary", code="2xx") == 40
+
+
 def access_lines(log_path) -> list[dict]:
     try:
         return [orjson.loads(line) for line in log_path.read_bytes().splitlines() if line.strip()]
