@@ -191,8 +191,8 @@ def test_exported_counters_never_decrease(events: list[tuple[str, int, int]]) ->
     slots: dict[int, tuple[int, FakeWorker]] = {}  # slot -> (generation, worker)
     state: dict[int, str] = {}  # slot -> "live" | "exited"
     generation = 0
-    reported_total = 0  # requests in the snapshots last reported by each worker, summed
     last_reported: dict[tuple[int, int], int] = {}
+    reported_conns: dict[tuple[int, int], int] = {}
     previous = counters(exported(totals))
     for op, slot, n in events:
         if slot not in slots:
@@ -206,6 +206,7 @@ def test_exported_counters_never_decrease(events: list[tuple[str, int, int]]) ->
         elif op == "report" and state[slot] == "live":
             totals.update(key, worker.snapshot())
             last_reported[key] = worker.reg.downstream_requests
+            reported_conns[key] = worker.reg.connections_active
         elif op == "exit" and state[slot] == "live":
             totals.exit(key)
             state[slot] = "exited"
@@ -216,8 +217,9 @@ def test_exported_counters_never_decrease(events: list[tuple[str, int, int]]) ->
         current = counters(now)
         assert_not_lower(previous, current)
         previous = current
-        live_conns = sum(w.reg.connections_active for s, (g, w) in slots.items()
-                         if state[s] == "live" and (s, g) in last_reported)
-        assert gauge(now, "fastmirror_downstream_connections_active") <= live_conns
+        # The gauge: what the live workers last reported; nothing from exited ones.
+        live_conns = sum(reported_conns.get((s, g), 0) for s, (g, _) in slots.items()
+                         if state[s] == "live")
+        assert gauge(now, "fastmirror_downstream_connections_active") == live_conns
     reported_total = sum(last_reported.values())
     assert previous.get(("fastmirror_downstream_requests_total", frozenset()), 0) == reported_total
