@@ -71,7 +71,8 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
      f'admin endpoint (/metrics, /healthz, /ready, /config, /mirror); "off" disables '
      f"(default: {_default('admin')})", {}),
     ("--workers", "N",
-     f"worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU "
+     f"worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU; a dead worker "
+     f"is restarted and keep-alive clients are rebalanced onto it "
      f"(default: {_default('workers')})", {}),
     ("--queue-size", "N",
      f"per shadow, requests waiting; when full the copy is dropped "

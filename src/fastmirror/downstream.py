@@ -63,6 +63,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self.writing_paused = False
         self.client_eof = False
         self.tunnel = False
+        # Set when this connection is to end at its next response (server.Shedder,
+        # rebalancing keep-alive clients after a worker restart).
+        self.close_after_response = False
         self.seq = 0
         self._reset_exchange()
 
@@ -206,7 +209,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.started = time.monotonic()
         self.deadline = self.started + s.primary_timeout
         self.framer = ResponseFramer(head.method == b"HEAD", head.http10)
-        self.keep_alive = head.keep_alive and not ctx.draining
+        self.keep_alive = head.keep_alive and not ctx.draining and not self.close_after_response
         ctx.registry.downstream_requests += 1
         if head.has_body:
             self.body = BodyFramer(head)
