@@ -102,6 +102,12 @@ _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--idle-timeout", "SECONDS",
      f"close idle client keep-alive connections after this "
      f"(default: {_default('idle_timeout')})", {}),
+    ("--header-timeout", "SECONDS",
+     f"a request head not complete this long after its first byte gets 408 and a close "
+     f"(nginx client_header_timeout; default: {_default('header_timeout')})", {}),
+    ("--max-connections", "N",
+     f"client connections per worker; past it new connections wait in the listen "
+     f"backlog (default: {_default('max_connections')})", {}),
     ("--max-head-size", "BYTES",
      f"larger request heads get 431 (default: {_default('max_head_size')} = 64 KiB)", {}),
     ("--mirror-key", "HEADER",

@@ -31,6 +31,10 @@ fastmirror_downstream_requests_total        counter                             
 fastmirror_downstream_errors_total          counter   code                            error responses the proxy itself sent
                                                                                       (400, 413, 431, 501, 502, 504, ...)
 fastmirror_downstream_connections_active    gauge                                     open client connections
+fastmirror_downstream_connections_rejected_total counter                              client connections closed at once:
+                                                                                      over --max-connections
+fastmirror_downstream_accept_paused_total   counter                                   times accepting stopped at
+                                                                                      --max-connections (new ones wait)
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)
@@ -194,6 +198,8 @@ class Registry:
         self.downstream_requests = 0
         self.downstream_errors: dict[int, int] = dict.fromkeys(DOWNSTREAM_ERROR_CODES, 0)
         self.connections_active = 0
+        self.connections_rejected = 0
+        self.accept_paused = 0
         self.access_log_dropped = 0
         self.mirror_percent = 0.0
         self.version = version
@@ -243,6 +249,8 @@ class Registry:
             "downstream_requests": self.downstream_requests,
             "downstream_errors": {str(k): v for k, v in self.downstream_errors.items()},
             "connections_active": self.connections_active,
+            "connections_rejected": self.connections_rejected,
+            "accept_paused": self.accept_paused,
             "access_log_dropped": self.access_log_dropped,
             "upstreams": [
                 {"role": s.role, "upstream": s.upstream, "buckets": list(s.buckets), "sum": s.sum, "codes": list(s.codes)}
@@ -290,6 +298,8 @@ class Registry:
         for code, n in snap.get("downstream_errors", {}).items():
             self.downstream_errors[int(code)] = self.downstream_errors.get(int(code), 0) + n
         self.connections_active += snap.get("connections_active", 0)
+        self.connections_rejected += snap.get("connections_rejected", 0)
+        self.accept_paused += snap.get("accept_paused", 0)
         self.access_log_dropped += snap.get("access_log_dropped", 0)
         for u in snap.get("upstreams", ()):
             s = self.upstream(u["role"], u["upstream"])
@@ -332,7 +342,7 @@ class Registry:
 # checks), so whoever adds a number decides whether a dead worker's value still counts.
 SNAPSHOT_META = ("version", "core", "buckets")
 SNAPSHOT_COUNTERS = ("downstream_requests", "downstream_errors", "access_log_dropped",
-                     "upstreams", "diffs")
+                     "upstreams", "diffs", "connections_rejected", "accept_paused")
 SNAPSHOT_GAUGES = ("connections_active", "mirror_percent")
 SNAPSHOT_MIXED = ("mirrors",)  # outcome counters, and the gauge "depth"
 
@@ -467,6 +477,16 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     yield errors
     yield GaugeMetricFamily(
         "fastmirror_downstream_connections_active", "Open client connections.", value=snap["connections_active"]
+    )
+    yield CounterMetricFamily(
+        "fastmirror_downstream_connections_rejected_total",
+        "Client connections closed at once because --max-connections was reached.",
+        value=snap.get("connections_rejected", 0),
+    )
+    yield CounterMetricFamily(
+        "fastmirror_downstream_accept_paused_total",
+        "Times the listener stopped accepting at --max-connections (new connections wait in the backlog).",
+        value=snap.get("accept_paused", 0),
     )
     yield CounterMetricFamily(
         "fastmirror_access_log_dropped_total",

@@ -24,7 +24,7 @@ from . import __version__
 from .config import Config, ConfigError, config_to_dict, load_config
 from .downstream import DownstreamProtocol
 from .hotpath import CORE_IMPL
-from .listener import bind_listener
+from .listener import Acceptor, bind_listener
 from .logs import AccessLog
 from .metrics import Registry
 from .mirror import RequestIds
@@ -48,6 +48,8 @@ class Settings:
         capture_limit = config.diff.max_body if comparator is not None else 0
         self.primary_timeout = config.primary_timeout
         self.idle_timeout = config.idle_timeout
+        self.header_timeout = config.header_timeout
+        self.max_connections = config.max_connections
         self.max_head_size = config.max_head_size
         self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
         primary = config.primary
@@ -110,6 +112,7 @@ class ProxyContext:
         self.registry = registry
         self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
         self.connections: set[DownstreamProtocol] = set()
+        self.acceptor: Acceptor | None = None  # set once listening; pauses at max_connections
         self.ids = RequestIds()
         self.draining = False
         registry.mirror_percent = config.mirror_percent
@@ -287,8 +290,10 @@ class Worker:
         config = self.ctx.settings.config
         self._open_access_log(config)
         sock = self.listen_sock or bind_listener(config.listen, reuse_port=False)
-        server = await loop.create_server(lambda: DownstreamProtocol(self.ctx), sock=sock,
-                                          backlog=sock_backlog())
+        acceptor = Acceptor(sock, lambda: DownstreamProtocol(self.ctx), sock_backlog(),
+                            self.registry)
+        await acceptor.start()
+        self.ctx.acceptor = acceptor
         admin_server = None
         if self.admin_enabled and config.admin is not None:
             from .admin import start_admin
@@ -308,7 +313,7 @@ class Worker:
         await self.stop_requested.wait()
         if self.notify:
             sd_notify("STOPPING=1")
-        await self._drain(server, config.drain_timeout)
+        await self._drain(acceptor, config.drain_timeout)
         sweeper.cancel()
         if control is not None:
             control.cancel()
@@ -369,10 +374,10 @@ class Worker:
         log.debug("rebalancing: closing %d of %d client connections over %.1f s",
                   n, len(self.ctx.connections), window)
 
-    async def _drain(self, server: asyncio.AbstractServer, timeout: float) -> None:
+    async def _drain(self, acceptor: Acceptor, timeout: float) -> None:
         ctx = self.ctx
         ctx.draining = True
-        server.close()  # stop accepting; the listening socket closes
+        acceptor.close()  # stop accepting; the listening socket closes
         for conn in list(ctx.connections):
             conn.shutdown()
         deadline = time.monotonic() + timeout
