@@ -109,7 +109,7 @@ class RawPrimary:
         with self.lock:
             return b"".join(data for _, data in self.log[mark:])
 
-    def settle(self, quiet: float = 0.03, timeout: float = 1.0) -> None:
+    def settle(self, quiet: float = 0.05, timeout: float = 1.0) -> None:
         """Wait until no connection holds an unfinished request and nothing arrived for
         `quiet` seconds (or `timeout`): bytes still in flight count for this exchange."""
         deadline = time.monotonic() + timeout
@@ -193,6 +193,7 @@ class Outcome:
 def exchange(port: int, pieces: list[bytes], primary: RawPrimary, timeout: float = 4.0) -> Outcome:
     """Send `pieces` (a few ms apart) on one connection, half-close, read every response
     until the proxy closes; then collect what the primary received meanwhile."""
+    primary.settle()   # a straggler of the last exchange must not count for this one
     mark = primary.mark()
     out = Outcome()
     deadline = time.monotonic() + timeout
