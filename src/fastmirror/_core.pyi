@@ -80,14 +80,22 @@ def shadow_head(head: bytes | bytearray | memoryview,
 class ChunkedError(ValueError):
     """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
 
+MAX_CHUNK_SIZE: int
+"""The largest chunk size accepted: 2**63 - 1 (a signed 64-bit off_t, as nginx)."""
+FORBIDDEN_TRAILERS: tuple[bytes, ...]
+"""Trailer field names refused: framing, routing and connection control."""
+
 class ChunkedScanner:
     """Strict incremental scanner of one chunked body (RFC 9112 section 7.1).
 
-    chunk-size is 1 to 16 hex digits, optionally followed by `;` and extension bytes
-    (anything but CR, LF and NUL), then CRLF, the size line within max_line bytes
-    (CRLF not counted); then exactly that many data bytes and CRLF. After the `0` chunk,
-    trailer lines each ending in CRLF, max_trailers bytes at most in total (their CRLFs
-    counted), then the empty line. Chunk data is skipped by arithmetic.
+    chunk-size is 1 to 16 hex digits and at most MAX_CHUNK_SIZE (2**63 - 1), optionally
+    followed by extensions by the grammar `*( ";" token [ "=" ( token / quoted-string ) ] )`
+    with no whitespace, then CRLF, the size line within max_line bytes (CRLF not
+    counted); then exactly that many data bytes and CRLF. After the `0` chunk, trailer
+    lines `token ":" value` (value: VCHAR, obs-text, SP, HT; no obs-fold, no space before
+    the colon), none named in FORBIDDEN_TRAILERS (case-insensitive, `_` read as `-`),
+    max_trailers bytes at most in total (their CRLFs counted), then the empty line.
+    Chunk data is skipped by arithmetic.
     """
 
     def __init__(self, max_line: int = 4096, max_trailers: int = 16384) -> None: ...
@@ -136,9 +144,12 @@ def parse_request_fast(
     there are none.
 
     The strict fast path: accepts only a subset of what h11 accepts, read the same way
-    (token method, visible-ASCII target, HTTP/1.0 or 1.1, CRLF line ends, token field
-    names directly followed by ':', field values of VCHAR/obs-text/SP/HT, exactly one
-    Host in HTTP/1.1 and at most one elsewhere, at most one all-digit Content-Length of
+    (upper-case token method other than CONNECT and PRI, origin-form visible-ASCII
+    target, HTTP/1.0 or 1.1, CRLF line ends, token field names directly followed by ':',
+    no name that reads as Content-Length or Transfer-Encoding with '_' as '-', field
+    values of VCHAR/obs-text/SP/HT, exactly one Host in HTTP/1.1 and at most one
+    elsewhere, its value a reg-name without '%' and an optional ':' with digits, at most
+    one all-digit Content-Length of
     up to 18 digits, Transfer-Encoding exactly "chunked" in HTTP/1.1 without
     Content-Length, Connection tokens only close/keep-alive, no Upgrade header).
     content_length is -1 when absent. None means "ask h11", not "invalid".

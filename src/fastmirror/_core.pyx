@@ -45,6 +45,8 @@ __all__ = (
     "REQ_CONN_CLOSE",
     "REQ_CONN_HOP",
     "REQ_CONN_KEEP_ALIVE",
+    "FORBIDDEN_TRAILERS",
+    "MAX_CHUNK_SIZE",
     "ChunkedError",
     "ChunkedScanner",
     "check_head",
@@ -99,6 +101,9 @@ cdef enum:
 cdef unsigned char _HEAD_CLASS[256]
 cdef unsigned char _HEX[256]       # value of a hex digit, 255 for anything else
 cdef unsigned char _LOWER[256]     # ASCII-only lowercasing, as bytes.lower()
+cdef unsigned char _TCHAR[256]     # RFC 9110 token characters
+cdef unsigned char _FVCHAR[256]    # field-value bytes other than SP/HT: VCHAR and obs-text
+cdef unsigned char _HOSTCHAR[256]  # RFC 3986 unreserved and sub-delims: a plain reg-name
 
 
 cdef void _init_tables() noexcept:
@@ -117,6 +122,22 @@ cdef void _init_tables() noexcept:
     for c in range(6):
         _HEX[0x41 + c] = 10 + c
         _HEX[0x61 + c] = 10 + c
+
+cdef void _init_request_tables() noexcept:
+    cdef int c
+    cdef const char* extra = b"!#$%&'*+-.^_`|~"
+    for c in range(256):
+        _TCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5a) or (0x61 <= c <= 0x7a)
+        _FVCHAR[c] = (0x21 <= c <= 0x7e) or c >= 0x80
+    cdef const char* host_extra = b"-._~!$&'()*+,;="
+    for c in range(15):
+        _TCHAR[<unsigned char>extra[c]] = 1
+    for c in range(256):
+        _HOSTCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5a) or (0x61 <= c <= 0x7a)
+    for c in range(15):
+        _HOSTCHAR[<unsigned char>host_extra[c]] = 1
+
+_init_request_tables()
 
 _init_tables()
 
@@ -394,22 +415,58 @@ def shadow_head(head, host_suffix, extra):
 
 # -- chunked bodies ---------------------------------------------------------------------
 
-class ChunkedError(ValueError):
-    """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
-
-
 cdef enum:
     S_SIZE = 0          # chunk-size digits, then ";" or CR
-    S_EXT = 1           # chunk-ext bytes up to CR
+    S_EXT_START = 1     # after ";": an extension name must follow
     S_SIZE_LF = 2
     S_DATA = 3
     S_DATA_CR = 4
     S_DATA_LF = 5
     S_TRAILER_START = 6  # a trailer line, or the CR of the final empty line
-    S_TRAILER = 7
+    S_TNAME = 7          # a trailer field name, up to its colon
     S_TRAILER_LF = 8
     S_FINAL_LF = 9
     S_DONE = 10
+    S_EXT_NAME = 11     # ext-name token
+    S_EXT_VAL = 12      # after "=": a token or a quoted string must follow
+    S_EXT_TOKEN = 13    # ext-val token
+    S_EXT_QUOTED = 14   # inside a quoted string
+    S_EXT_QPAIR = 15    # after a backslash in a quoted string
+    S_EXT_CLOSED = 16   # after the closing quote: ";" or CR
+    S_TVALUE = 17       # a trailer field value, up to its CR
+
+cdef enum:
+    TNAME_KEEP = 24     # longer names cannot be one of the forbidden ones
+
+# Chunk sizes past this are refused: nginx's off_t bound, and a number no back end
+# can wrap around (a 64-bit wrap turns 2**64 + 20 into 20, and the rest into a request).
+MAX_CHUNK_SIZE = 0x7FFFFFFFFFFFFFFF
+# Trailer fields that would frame, route or control the connection if a back end
+# merged them into the head (RFC 9110 section 6.5.1); "_" is read as "-" as CGI does.
+FORBIDDEN_TRAILERS = (
+    b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade",
+)
+
+
+cdef inline bint _qdtext(unsigned char c) noexcept:
+    """RFC 9110 qdtext: HTAB, SP, 0x21, 0x23-0x5B, 0x5D-0x7E, obs-text."""
+    return c == 0x09 or c == 0x20 or c == 0x21 or (0x23 <= c <= 0x5b) or (0x5d <= c <= 0x7e) or c >= 0x80
+
+
+cdef inline bint _qpair_char(unsigned char c) noexcept:
+    """What may follow a backslash in a quoted string: HTAB, SP, VCHAR, obs-text."""
+    return c == 0x09 or c == 0x20 or (0x21 <= c <= 0x7e) or c >= 0x80
+
+
+cdef bint _forbidden_trailer(const unsigned char* name, Py_ssize_t n):
+    """name (lowercased, "_" as "-") is one of FORBIDDEN_TRAILERS."""
+    cdef bytes b = PyBytes_FromStringAndSize(<const char*>name, n)
+    return b in FORBIDDEN_TRAILERS
+
+
+class ChunkedError(ValueError):
+    """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
 
 
 cdef class ChunkedScanner:
@@ -417,6 +474,9 @@ cdef class ChunkedScanner:
 
     feed() reports how many bytes belong to the body, so the caller can forward them
     untouched; it never consumes past the CRLF that ends the trailer section.
+    Strict where parsers are known to differ: a chunk size of at most 16 hex digits and
+    at most 2**63 - 1, chunk extensions by the grammar with no whitespace, and trailer
+    lines checked like header lines, framing and routing fields refused.
     """
 
     cdef int _state
@@ -427,6 +487,8 @@ cdef class ChunkedScanner:
     cdef Py_ssize_t _trailer_len
     cdef Py_ssize_t _max_line
     cdef Py_ssize_t _max_trailers
+    cdef Py_ssize_t _name_len
+    cdef unsigned char _name[TNAME_KEEP]
 
     def __init__(self, Py_ssize_t max_line=4096, Py_ssize_t max_trailers=16384):
         if max_line < 0 or max_trailers < 0:
@@ -439,6 +501,7 @@ cdef class ChunkedScanner:
         self._size = 0
         self._line_len = 0
         self._trailer_len = 0
+        self._name_len = 0
 
     @property
     def done(self):
@@ -471,12 +534,107 @@ cdef class ChunkedScanner:
         self._failed = True
         raise ChunkedError(message)
 
+    cdef int _ext_byte(self, unsigned char c) except -1:
+        """One byte of a chunk extension (after the first ";"); CR ends the line."""
+        cdef int state = self._state
+        if state == S_EXT_START:
+            if not _TCHAR[c]:
+                self._fail("empty or invalid chunk extension")
+            self._state = S_EXT_NAME
+        elif state == S_EXT_NAME or state == S_EXT_TOKEN:
+            if _TCHAR[c]:
+                pass
+            elif c == c';':
+                self._state = S_EXT_START
+            elif c == c'=' and state == S_EXT_NAME:
+                self._state = S_EXT_VAL
+            elif c == 0x0d:   # the CR is not part of the line's length
+                self._state = S_SIZE_LF
+                return 0
+            else:
+                self._fail("invalid byte in chunk extension")
+        elif state == S_EXT_VAL:
+            if _TCHAR[c]:
+                self._state = S_EXT_TOKEN
+            elif c == c'"':
+                self._state = S_EXT_QUOTED
+            else:
+                self._fail("chunk extension without a value after =")
+        elif state == S_EXT_QUOTED:
+            if c == c'"':
+                self._state = S_EXT_CLOSED
+            elif c == c'\\':
+                self._state = S_EXT_QPAIR
+            elif not _qdtext(c):
+                self._fail("unterminated or invalid quoted string in chunk extension")
+        elif state == S_EXT_QPAIR:
+            if not _qpair_char(c):
+                self._fail("invalid quoted pair in chunk extension")
+            self._state = S_EXT_QUOTED
+        else:   # S_EXT_CLOSED
+            if c == c';':
+                self._state = S_EXT_START
+            elif c == 0x0d:
+                self._state = S_SIZE_LF
+                return 0
+            else:
+                self._fail("invalid byte after a quoted chunk extension")
+        self._line_len += 1
+        if self._line_len > self._max_line:
+            self._fail("chunk size line too long")
+        return 0
+
+    cdef int _trailer_byte(self, unsigned char c) except -1:
+        """One byte of a trailer line, from its first byte to its CR."""
+        cdef int state = self._state
+        if state == S_TRAILER_START:
+            if c == 0x0d:
+                self._state = S_FINAL_LF
+                return 0
+            if c == 0x0a:
+                self._fail("bare LF in trailer section")
+            if c == 0x20 or c == 0x09:
+                self._fail("obsolete line folding in trailer section")
+            if not _TCHAR[c]:
+                self._fail("invalid trailer field name")
+            self._state = S_TNAME
+            self._name_len = 0
+        if self._state == S_TNAME:
+            if _TCHAR[c]:
+                if self._name_len < TNAME_KEEP:
+                    self._name[self._name_len] = c'-' if c == c'_' else _LOWER[c]
+                self._name_len += 1
+            elif c == c':':
+                if (self._name_len <= TNAME_KEEP
+                        and _forbidden_trailer(self._name, self._name_len)):
+                    self._fail("framing or routing field in trailer section")
+                self._state = S_TVALUE
+            elif c == 0x20 or c == 0x09:
+                self._fail("whitespace before colon in trailer")
+            elif c == 0x0d or c == 0x0a:
+                self._fail("trailer line without a colon")
+            else:
+                self._fail("invalid trailer field name")
+        else:   # S_TVALUE
+            if c == 0x0d:
+                self._state = S_TRAILER_LF
+            elif c == 0x0a:
+                self._fail("bare LF in trailer section")
+            elif not _FVCHAR[c] and c != 0x20 and c != 0x09:
+                self._fail("control character in trailer section")
+        self._trailer_len += 1
+        if self._trailer_len > self._max_trailers:
+            self._fail("trailer section too long")
+        return 0
+
     cdef Py_ssize_t _scan(self, const unsigned char* p, Py_ssize_t i,
                           Py_ssize_t n) except -1:
         cdef unsigned char c, d
         cdef uint64_t avail
+        cdef int state
         while i < n:
-            if self._state == S_DATA:   # skipped by arithmetic, whatever its size
+            state = self._state
+            if state == S_DATA:   # skipped by arithmetic, whatever its size
                 avail = <uint64_t>(n - i)
                 if self._size <= avail:
                     i += <Py_ssize_t>self._size
@@ -487,17 +645,30 @@ cdef class ChunkedScanner:
                     i = n
                 continue
             c = p[i]
-            if self._state == S_SIZE:
+            if state == S_TVALUE:   # the bulk of a trailer section: run to the CR
+                while _FVCHAR[c] or c == 0x20 or c == 0x09:
+                    i += 1
+                    self._trailer_len += 1
+                    if i == n:
+                        break
+                    c = p[i]
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                if i == n:
+                    break
+            if state == S_SIZE:
                 d = _HEX[c]
                 if d != 255:
                     self._digits += 1
                     if self._digits > 16:
                         self._fail("chunk size has more than 16 hex digits")
                     self._size = (self._size << 4) | d
+                    if self._size >> 63:   # past MAX_CHUNK_SIZE
+                        self._fail("chunk size past 2**63 - 1")
                 elif self._digits == 0:
                     self._fail("invalid chunk size")
                 elif c == c';':
-                    self._state = S_EXT
+                    self._state = S_EXT_START
                 elif c == 0x0d:
                     self._state = S_SIZE_LF
                     i += 1
@@ -508,57 +679,27 @@ cdef class ChunkedScanner:
                 if self._line_len > self._max_line:
                     self._fail("chunk size line too long")
                 i += 1
-            elif self._state == S_EXT:
-                while i < n and p[i] != 0x0d and p[i] != 0x0a and p[i] != 0:
-                    i += 1
-                    self._line_len += 1
-                if self._line_len > self._max_line:
-                    self._fail("chunk size line too long")
-                if i < n:
-                    if p[i] != 0x0d:
-                        self._fail("invalid byte in chunk extension")
-                    self._state = S_SIZE_LF
-                    i += 1
-            elif self._state == S_SIZE_LF:
+            elif state == S_SIZE_LF:
                 if c != 0x0a:
                     self._fail("chunk size line not ended by CRLF")
                 i += 1
                 self._line_len = 0
                 self._digits = 0
                 self._state = S_DATA if self._size else S_TRAILER_START
-            elif self._state == S_DATA_CR:
+            elif state == S_DATA_CR:
                 if c != 0x0d:
                     self._fail("chunk data not followed by CRLF")
                 self._state = S_DATA_LF
                 i += 1
-            elif self._state == S_DATA_LF:
+            elif state == S_DATA_LF:
                 if c != 0x0a:
                     self._fail("chunk data not followed by CRLF")
                 self._state = S_SIZE
                 i += 1
-            elif self._state == S_TRAILER_START:
-                if c == 0x0d:
-                    self._state = S_FINAL_LF
-                    i += 1
-                elif c == 0x0a:
-                    self._fail("bare LF in trailer section")
-                else:
-                    self._state = S_TRAILER
-            elif self._state == S_TRAILER:
-                while i < n and p[i] != 0x0d and p[i] != 0x0a:
-                    i += 1
-                    self._trailer_len += 1
-                if self._trailer_len > self._max_trailers:
-                    self._fail("trailer section too long")
-                if i < n:
-                    if p[i] == 0x0a:
-                        self._fail("bare LF in trailer section")
-                    self._state = S_TRAILER_LF
-                    self._trailer_len += 1
-                    if self._trailer_len > self._max_trailers:
-                        self._fail("trailer section too long")
-                    i += 1
-            elif self._state == S_TRAILER_LF:
+            elif state == S_TRAILER_START or state == S_TNAME or state == S_TVALUE:
+                self._trailer_byte(c)
+                i += 1
+            elif state == S_TRAILER_LF:
                 if c != 0x0a:
                     self._fail("bare CR in trailer section")
                 self._trailer_len += 1
@@ -566,11 +707,14 @@ cdef class ChunkedScanner:
                     self._fail("trailer section too long")
                 self._state = S_TRAILER_START
                 i += 1
-            else:   # S_FINAL_LF
+            elif state == S_FINAL_LF:
                 if c != 0x0a:
                     self._fail("trailer section not ended by CRLF")
                 self._state = S_DONE
                 return i + 1
+            else:   # a chunk extension
+                self._ext_byte(c)
+                i += 1
         return i
 
 
@@ -694,20 +838,8 @@ REQ_CONN_CLOSE = CONN_CLOSE
 REQ_CONN_KEEP_ALIVE = CONN_KEEP_ALIVE
 REQ_CONN_HOP = CONN_HOP
 
-cdef unsigned char _TCHAR[256]   # RFC 9110 token characters
-cdef unsigned char _FVCHAR[256]  # field-value bytes other than SP/HT: VCHAR and obs-text
 
 
-cdef void _init_request_tables() noexcept:
-    cdef int c
-    cdef const char* extra = b"!#$%&'*+-.^_`|~"
-    for c in range(256):
-        _TCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5a) or (0x61 <= c <= 0x7a)
-        _FVCHAR[c] = (0x21 <= c <= 0x7e) or c >= 0x80
-    for c in range(15):
-        _TCHAR[<unsigned char>extra[c]] = 1
-
-_init_request_tables()
 
 
 cdef int _conn_tokens(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve) noexcept:
@@ -748,6 +880,34 @@ cdef object _without_lines(const unsigned char* p, Py_ssize_t n, Py_ssize_t* sta
     return out
 
 
+cdef inline bint _plain_host(const unsigned char* p, Py_ssize_t vs, Py_ssize_t ve) noexcept:
+    """p[vs:ve] is a reg-name without pct-encoding, then an optional ":" and digits."""
+    cdef Py_ssize_t k = vs
+    while k < ve and _HOSTCHAR[p[k]]:
+        k += 1
+    if k < ve and p[k] == c':':
+        k += 1
+        while k < ve and 0x30 <= p[k] <= 0x39:
+            k += 1
+    return k == ve
+
+
+cdef inline bint _underscored_framing(const unsigned char* p, Py_ssize_t n) noexcept:
+    """A name with "_" that reads as content-length or transfer-encoding with "_" as "-"."""
+    cdef const char* lit = b"content-length" if n == 14 else b"transfer-encoding"
+    cdef Py_ssize_t k
+    cdef bint underscore = False
+    cdef unsigned char c
+    for k in range(n):
+        c = p[k]
+        if c == c'_':
+            underscore = True
+            c = c'-'
+        if _LOWER[c] != <unsigned char>lit[k]:
+            return False
+    return underscore
+
+
 cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
     cdef Py_ssize_t s, r, k, colon, vs, ve, ms, me, ts, te
     cdef int minor, hosts = 0, flags = 0, tokens, dropped = 0
@@ -765,12 +925,16 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
     if p[r + 1] != 0x0a:
         return None
     k = 0
-    while k < r and _TCHAR[p[k]]:
+    while k < r and _TCHAR[p[k]] and not (0x61 <= p[k] <= 0x7a):   # upper-case tokens
         k += 1
     if k == 0 or k >= r or p[k] != c' ':
         return None
     me = k
+    if (me == 7 and memcmp(p, b"CONNECT", 7) == 0) or (me == 3 and memcmp(p, b"PRI", 3) == 0):
+        return None   # refused by the slow path
     ts = k + 1
+    if p[ts] != c'/':   # origin-form only; the other forms take the slow path
+        return None
     k = ts
     while k < r and 0x21 <= p[k] <= 0x7e:
         k += 1
@@ -812,7 +976,11 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
         ms = colon - s
         hop = False
         if ms == 4 and _eq_lower(p + s, 4, b"host", 4):
+            if not _plain_host(p, vs, ve):
+                return None
             hosts += 1
+        elif (ms == 14 or ms == 17) and _underscored_framing(p + s, ms):
+            return None   # Content_Length, Transfer_Encoding: refused by the slow path
         elif ms == 14 and _eq_lower(p + s, 14, b"content-length", 14):
             if length >= 0 or not (1 <= ve - vs <= 18 and _all_digits(p + vs, ve - vs)):
                 return None
@@ -858,9 +1026,11 @@ def parse_request_fast(head):
     forward is the head without its hop-by-hop lines (Connection, Keep-Alive,
     Proxy-Connection, TE, Trailer), or None when it has none (forward the head as is).
 
-    Accepts only the strict common case of a request head (token method, visible-ASCII
-    target, HTTP/1.0 or 1.1, CRLF only, token field names, no whitespace before a
-    colon, no control bytes, one Host (required in 1.1), at most one plain
+    Accepts only the strict common case of a request head (upper-case token method other
+    than CONNECT and PRI, origin-form visible-ASCII target, HTTP/1.0 or 1.1, CRLF only,
+    token field names, no whitespace before a colon, no control bytes, no name that reads
+    as Content-Length or Transfer-Encoding with "_" as "-", one Host (required in 1.1)
+    whose value is a plain reg-name with an optional numeric port, at most one plain
     Content-Length, Transfer-Encoding exactly "chunked" (1.1 only, not with
     Content-Length), Connection tokens only close/keep-alive, no Upgrade). Anything
     else, valid or not, gives None: the caller then asks h11.

@@ -26,6 +26,8 @@ __all__ = (
     "REQ_CONN_CLOSE",
     "REQ_CONN_HOP",
     "REQ_CONN_KEEP_ALIVE",
+    "FORBIDDEN_TRAILERS",
+    "MAX_CHUNK_SIZE",
     "ChunkedError",
     "ChunkedScanner",
     "check_head",
@@ -239,14 +241,38 @@ class ChunkedError(ValueError):
     """A chunked body that RFC 9112 section 7.1 does not allow, or over a limit."""
 
 
-(_S_SIZE, _S_EXT, _S_SIZE_LF, _S_DATA, _S_DATA_CR, _S_DATA_LF, _S_TRAILER_START,
- _S_TRAILER, _S_TRAILER_LF, _S_FINAL_LF, _S_DONE) = range(11)
+(_S_SIZE, _S_EXT_START, _S_SIZE_LF, _S_DATA, _S_DATA_CR, _S_DATA_LF, _S_TRAILER_START,
+ _S_TNAME, _S_TRAILER_LF, _S_FINAL_LF, _S_DONE, _S_EXT_NAME, _S_EXT_VAL, _S_EXT_TOKEN,
+ _S_EXT_QUOTED, _S_EXT_QPAIR, _S_EXT_CLOSED, _S_TVALUE) = range(18)
+_TNAME_KEEP = 24
+
+# Chunk sizes past this are refused: nginx's off_t bound, and a number no back end
+# can wrap around (a 64-bit wrap turns 2**64 + 20 into 20, and the rest into a request).
+MAX_CHUNK_SIZE = 0x7FFFFFFFFFFFFFFF
+# Trailer fields that would frame, route or control the connection if a back end
+# merged them into the head (RFC 9110 section 6.5.1); "_" is read as "-" as CGI does.
+FORBIDDEN_TRAILERS = (
+    b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade",
+)
 
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
-# A whole chunk-size line at once; anything it does not match goes byte by byte.
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n\x00]*)?\r\n")
-_EXT_STOP = re.compile(rb"[\r\n\x00]")
-_LINE_STOP = re.compile(rb"[\r\n]")
+_TCHAR_SET = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_QDTEXT = frozenset([0x09, 0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F), *range(0x80, 0x100)])
+_QPAIR = frozenset([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_FIELD_BYTE = frozenset([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])   # VCHAR, obs-text, SP, HT
+_TOKEN_RE = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED_RE = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# A whole valid chunk-size line at once; anything it does not match goes byte by byte.
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:;" + _TOKEN_RE + rb"(?:=(?:" + _TOKEN_RE
+                        + rb"|" + _QUOTED_RE + rb"))?)*)\r\n")
+# A whole valid trailer line (its name checked separately).
+_TRAILER_LINE = re.compile(rb"(" + _TOKEN_RE + rb"):[\t \x21-\x7e\x80-\xff]*\r\n")
+_TVALUE_STOP = re.compile(rb"[^\t \x21-\x7e\x80-\xff]")
+
+
+def _norm_name(name: bytes | bytearray) -> bytes:
+    return bytes(name).lower().replace(b"_", b"-")
 
 
 class ChunkedScanner:
@@ -254,6 +280,9 @@ class ChunkedScanner:
 
     feed() reports how many bytes belong to the body, so the caller can forward them
     untouched; it never consumes past the CRLF that ends the trailer section.
+    Strict where parsers are known to differ: a chunk size of at most 16 hex digits and
+    at most 2**63 - 1, chunk extensions by the grammar with no whitespace, and trailer
+    lines checked like header lines, framing and routing fields refused.
     """
 
     __slots__ = (
@@ -262,6 +291,7 @@ class ChunkedScanner:
         "_line_len",
         "_max_line",
         "_max_trailers",
+        "_name",
         "_size",
         "_state",
         "_trailer_len",
@@ -279,6 +309,7 @@ class ChunkedScanner:
         self._size = 0
         self._line_len = 0
         self._trailer_len = 0
+        self._name = bytearray()
 
     @property
     def done(self) -> bool:
@@ -306,6 +337,91 @@ class ChunkedScanner:
         self._failed = True
         raise ChunkedError(message)
 
+    def _ext_byte(self, c: int) -> None:
+        state = self._state
+        if state == _S_EXT_START:
+            if c not in _TCHAR_SET:
+                self._fail("empty or invalid chunk extension")
+            self._state = _S_EXT_NAME
+        elif state in (_S_EXT_NAME, _S_EXT_TOKEN):
+            if c in _TCHAR_SET:
+                pass
+            elif c == 0x3B:
+                self._state = _S_EXT_START
+            elif c == 0x3D and state == _S_EXT_NAME:
+                self._state = _S_EXT_VAL
+            elif c == 0x0D:   # the CR is not part of the line's length
+                self._state = _S_SIZE_LF
+                return
+            else:
+                self._fail("invalid byte in chunk extension")
+        elif state == _S_EXT_VAL:
+            if c in _TCHAR_SET:
+                self._state = _S_EXT_TOKEN
+            elif c == 0x22:
+                self._state = _S_EXT_QUOTED
+            else:
+                self._fail("chunk extension without a value after =")
+        elif state == _S_EXT_QUOTED:
+            if c == 0x22:
+                self._state = _S_EXT_CLOSED
+            elif c == 0x5C:
+                self._state = _S_EXT_QPAIR
+            elif c not in _QDTEXT:
+                self._fail("unterminated or invalid quoted string in chunk extension")
+        elif state == _S_EXT_QPAIR:
+            if c not in _QPAIR:
+                self._fail("invalid quoted pair in chunk extension")
+            self._state = _S_EXT_QUOTED
+        else:   # _S_EXT_CLOSED
+            if c == 0x3B:
+                self._state = _S_EXT_START
+            elif c == 0x0D:
+                self._state = _S_SIZE_LF
+                return
+            else:
+                self._fail("invalid byte after a quoted chunk extension")
+        self._line_len += 1
+        if self._line_len > self._max_line:
+            self._fail("chunk size line too long")
+
+    def _trailer_byte(self, c: int) -> None:
+        if self._state == _S_TRAILER_START:
+            if c == 0x0D:
+                self._state = _S_FINAL_LF
+                return
+            if c == 0x0A:
+                self._fail("bare LF in trailer section")
+            if c in _OWS:
+                self._fail("obsolete line folding in trailer section")
+            if c not in _TCHAR_SET:
+                self._fail("invalid trailer field name")
+            self._state = _S_TNAME
+            self._name.clear()
+        if self._state == _S_TNAME:
+            if c in _TCHAR_SET:
+                self._name.append(c)
+            elif c == 0x3A:
+                if len(self._name) <= _TNAME_KEEP and _norm_name(self._name) in FORBIDDEN_TRAILERS:
+                    self._fail("framing or routing field in trailer section")
+                self._state = _S_TVALUE
+            elif c in _OWS:
+                self._fail("whitespace before colon in trailer")
+            elif c in (0x0D, 0x0A):
+                self._fail("trailer line without a colon")
+            else:
+                self._fail("invalid trailer field name")
+        else:   # _S_TVALUE
+            if c == 0x0D:
+                self._state = _S_TRAILER_LF
+            elif c == 0x0A:
+                self._fail("bare LF in trailer section")
+            elif c not in _FIELD_BYTE:
+                self._fail("control character in trailer section")
+        self._trailer_len += 1
+        if self._trailer_len > self._max_trailers:
+            self._fail("trailer section too long")
+
     def _scan(self, p: bytes | bytearray | memoryview, i: int, n: int) -> int:
         while i < n:
             state = self._state
@@ -322,10 +438,27 @@ class ChunkedScanner:
                 m = _SIZE_LINE.match(p, i)
                 if m is not None and m.end() - 2 - i <= self._max_line:
                     size = int(m.group(1), 16)
+                    if size <= MAX_CHUNK_SIZE:
+                        i = m.end()
+                        self._size = size
+                        self._state = _S_DATA if size else _S_TRAILER_START
+                        continue
+            if state == _S_TRAILER_START:
+                m = _TRAILER_LINE.match(p, i)
+                if (m is not None and self._trailer_len + m.end() - i <= self._max_trailers
+                        and _norm_name(m.group(1)) not in FORBIDDEN_TRAILERS):
+                    self._trailer_len += m.end() - i
                     i = m.end()
-                    self._size = size
-                    self._state = _S_DATA if size else _S_TRAILER_START
                     continue
+            if state == _S_TVALUE:   # the bulk of a trailer value: run to its end
+                m = _TVALUE_STOP.search(p, i)
+                stop = n if m is None else m.start()
+                self._trailer_len += stop - i
+                i = stop
+                if self._trailer_len > self._max_trailers:
+                    self._fail("trailer section too long")
+                if i == n:
+                    break
             c = p[i]
             if state == _S_SIZE:
                 d = _HEX.get(c)
@@ -334,10 +467,12 @@ class ChunkedScanner:
                     if self._digits > 16:
                         self._fail("chunk size has more than 16 hex digits")
                     self._size = (self._size << 4) | d
+                    if self._size > MAX_CHUNK_SIZE:
+                        self._fail("chunk size past 2**63 - 1")
                 elif self._digits == 0:
                     self._fail("invalid chunk size")
                 elif c == 0x3B:   # ";"
-                    self._state = _S_EXT
+                    self._state = _S_EXT_START
                 elif c == 0x0D:
                     self._state = _S_SIZE_LF
                     i += 1
@@ -348,18 +483,6 @@ class ChunkedScanner:
                 if self._line_len > self._max_line:
                     self._fail("chunk size line too long")
                 i += 1
-            elif state == _S_EXT:
-                m = _EXT_STOP.search(p, i)
-                stop = n if m is None else m.start()
-                self._line_len += stop - i
-                i = stop
-                if self._line_len > self._max_line:
-                    self._fail("chunk size line too long")
-                if i < n:
-                    if p[i] != 0x0D:
-                        self._fail("invalid byte in chunk extension")
-                    self._state = _S_SIZE_LF
-                    i += 1
             elif state == _S_SIZE_LF:
                 if c != 0x0A:
                     self._fail("chunk size line not ended by CRLF")
@@ -377,29 +500,9 @@ class ChunkedScanner:
                     self._fail("chunk data not followed by CRLF")
                 self._state = _S_SIZE
                 i += 1
-            elif state == _S_TRAILER_START:
-                if c == 0x0D:
-                    self._state = _S_FINAL_LF
-                    i += 1
-                elif c == 0x0A:
-                    self._fail("bare LF in trailer section")
-                else:
-                    self._state = _S_TRAILER
-            elif state == _S_TRAILER:
-                m = _LINE_STOP.search(p, i)
-                stop = n if m is None else m.start()
-                self._trailer_len += stop - i
-                i = stop
-                if self._trailer_len > self._max_trailers:
-                    self._fail("trailer section too long")
-                if i < n:
-                    if p[i] == 0x0A:
-                        self._fail("bare LF in trailer section")
-                    self._state = _S_TRAILER_LF
-                    self._trailer_len += 1
-                    if self._trailer_len > self._max_trailers:
-                        self._fail("trailer section too long")
-                    i += 1
+            elif state in (_S_TRAILER_START, _S_TNAME, _S_TVALUE):
+                self._trailer_byte(c)
+                i += 1
             elif state == _S_TRAILER_LF:
                 if c != 0x0A:
                     self._fail("bare CR in trailer section")
@@ -408,11 +511,14 @@ class ChunkedScanner:
                     self._fail("trailer section too long")
                 self._state = _S_TRAILER_START
                 i += 1
-            else:   # _S_FINAL_LF
+            elif state == _S_FINAL_LF:
                 if c != 0x0A:
                     self._fail("trailer section not ended by CRLF")
                 self._state = _S_DONE
                 return i + 1
+            else:   # a chunk extension
+                self._ext_byte(c)
+                i += 1
         return i
 
 
@@ -495,7 +601,9 @@ REQ_CONN_KEEP_ALIVE = 2
 REQ_CONN_HOP = 4
 
 _TCHARS = rb"-!#$%&'*+.^_`|~0-9A-Za-z"
-_REQUEST_LINE = re.compile(rb"([" + _TCHARS + rb"]+) ([\x21-\x7e]+) HTTP/1\.([01])")
+# Upper-case token methods and origin-form targets only; the rest take the slow path.
+_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Z]+) (/[\x21-\x7e]*) HTTP/1\.([01])")
+_PLAIN_HOST = re.compile(rb"[-A-Za-z0-9._~!$&'()*+,;=]*(?::[0-9]*)?")
 _FIELD_LINE = re.compile(rb"([" + _TCHARS + rb"]+):[ \t]*((?:[\x21-\x7e\x80-\xff]|[ \t])*?)[ \t]*")
 _OTHER_HOP = (b"keep-alive", b"proxy-connection", b"te", b"trailer")
 
@@ -530,6 +638,8 @@ def parse_request_fast(
     if m is None:
         return None
     method, target, minor = m.group(1), m.group(2), int(m.group(3))
+    if method in (b"CONNECT", b"PRI"):
+        return None   # refused by the slow path
     hosts = flags = 0
     length = -1
     chunked = False
@@ -540,7 +650,11 @@ def parse_request_fast(
             return None
         name, value = f.group(1).lower(), f.group(2)
         if name == b"host":
+            if _PLAIN_HOST.fullmatch(value) is None:
+                return None
             hosts += 1
+        elif b"_" in name and name.replace(b"_", b"-") in (b"content-length", b"transfer-encoding"):
+            return None   # Content_Length, Transfer_Encoding: refused by the slow path
         elif name == b"content-length":
             if length >= 0 or not (1 <= len(value) <= 18 and value.isdigit()):
                 return None

@@ -37,6 +37,7 @@ __all__ = [
     "ResponseError",
     "parse_request_head",
     "check_partial_head",
+    "skip_empty_lines",
     "error_response",
     "find_head_end",
 ]
@@ -48,6 +49,7 @@ HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"traile
 
 REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
@@ -62,17 +64,38 @@ REASONS = {
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-def check_partial_head(data: bytes) -> None:
-    """Refuse an incomplete head early when it already shows a bare LF.
+# What a request line must look like before h11 reads it: method, target, version.
+_REQUEST_LINE_SHAPE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r\n")
 
-    A head that ends lines with LF alone never contains CRLFCRLF, so waiting for
-    the rest would only hang the client until the idle timeout.
+
+def check_partial_head(data: bytes) -> None:
+    """Refuse an incomplete head early when it already shows it can never be valid.
+
+    A head that ends lines with LF alone never contains CRLFCRLF, and a complete request
+    line without a version (HTTP/0.9's `GET /path`) is never followed by headers: waiting
+    for the rest would only hang the client until a timeout.
 
     Raises:
         HttpError: 400.
     """
     if _BARE_LF.search(data) is not None:
         raise HttpError(400, "bare LF line ending")
+    eol = data.find(b"\r\n")
+    if eol >= 0 and _REQUEST_LINE_SHAPE.match(data, 0, eol + 2) is None:
+        raise HttpError(400, "malformed request line")
+
+
+def skip_empty_lines(data: bytes) -> int:
+    """How many bytes of empty lines (CRLF pairs) start data: ignored before a request.
+
+    RFC 9112 section 2.2: a server SHOULD ignore at least one empty line received
+    before a request line (old clients send a CRLF after a POST body). Only CRLF pairs;
+    a lone CR stays, to be completed by the next read or refused as a bare CR.
+    """
+    n = 0
+    while data.startswith(b"\r\n", n):
+        n += 2
+    return n
 
 
 class HttpError(Exception):
@@ -174,6 +197,7 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
         raise HttpError(exc.error_status_hint, str(exc)) from None
     if type(event) is not h11.Request:
         raise HttpError(400, "incomplete request head")
+    check_request_line(event.method, event.target)
     if event.http_version not in (b"1.1", b"1.0"):
         raise HttpError(505, "HTTP version not supported")
     # h11 merges duplicate Content-Length headers and accepts "5, 5"; count the raw
@@ -183,6 +207,12 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
     upgrade_header = False
     conn_tokens: list[bytes] = []
     for name, value in event.headers:
+        if name == b"host":
+            check_host(value)
+        elif b"_" in name and name.replace(b"_", b"-") in _FRAMING:
+            # A CGI/WSGI back end reads Content_Length as Content-Length: refuse, as a
+            # second framing header would be (nginx drops all such names instead).
+            raise HttpError(400, "underscore in a framing header name")
         if name == b"content-length":
             content_length = _content_length(value, lower)
         elif name == b"transfer-encoding":
@@ -212,7 +242,63 @@ def _content_length(value: bytes, lower: bytes) -> int:
     sent = lower[start:lower.index(b"\r\n", start)].strip(b" \t")
     if not sent.isdigit():
         raise HttpError(400, "bad Content-Length")
+    # Past 2**63 - 1 a back end may wrap (2**64 + 20 reads as 20) and take the rest of
+    # the body for a second request; nginx and Envoy refuse such numbers too.
+    if len(sent) > MAX_CONTENT_LENGTH_DIGITS or int(sent) > MAX_CONTENT_LENGTH:
+        raise HttpError(400, "Content-Length too large")
     return int(sent)
+
+
+_FRAMING = (b"content-length", b"transfer-encoding")
+MAX_CONTENT_LENGTH = (1 << 63) - 1
+MAX_CONTENT_LENGTH_DIGITS = 19
+
+# RFC 3986 host: an IP literal in brackets, or a reg-name (which covers IPv4), then
+# an optional port. Anything else (a space, "@", "/") is read differently by back ends.
+_HOST = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+)\]"
+    rb"|(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+_ABSOLUTE_FORM = re.compile(rb"[hH][tT][tT][pP][sS]?://[^/?#]+(?:[/?#].*)?", re.DOTALL)
+_LOWERCASE = re.compile(rb"[a-z]")
+
+
+def check_host(value: bytes) -> None:
+    """Refuse a Host value that is not `host[:port]` (RFC 9110 section 7.2).
+
+    Raises:
+        HttpError: 400.
+    """
+    if _HOST.fullmatch(value) is None:
+        raise HttpError(400, "invalid Host header")
+
+
+def check_request_line(method: bytes, target: bytes) -> None:
+    """Refuse methods and request-target forms a reverse proxy must not pass on.
+
+    The target must be origin-form (`/path`), absolute-form (`http://host/path`) or
+    `*` with OPTIONS (RFC 9112 section 3.2). CONNECT is answered 405, as nginx does:
+    fastmirror is not a forward proxy. `PRI` is the HTTP/2 preface, not a request.
+    Methods with lowercase letters are valid tokens no real client sends; nginx
+    refuses them, and a back end that upper-cases them would read another method.
+
+    Raises:
+        HttpError: 400, or 405 for CONNECT.
+    """
+    if method == b"CONNECT":
+        raise HttpError(405, "CONNECT is not supported")
+    if method == b"PRI":
+        raise HttpError(400, "HTTP/2 connection preface")
+    if _LOWERCASE.search(method) is not None:
+        raise HttpError(400, "method must be upper case")
+    if target[:1] == b"/":
+        return
+    if target == b"*":
+        if method == b"OPTIONS":
+            return
+        raise HttpError(400, "asterisk-form target is only for OPTIONS")
+    if _ABSOLUTE_FORM.fullmatch(target) is None:
+        raise HttpError(400, "invalid request target")
 
 
 _LINE_MARKERS = {name: b"\r\n" + name + b":" for name in HOP_BY_HOP}

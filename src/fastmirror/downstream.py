@@ -24,6 +24,7 @@ from .codec import (
     error_response,
     find_head_end,
     parse_request_head,
+    skip_empty_lines,
 )
 from .mirror import MirrorJob, shadow_request_head
 from .pool import UpstreamConnection
@@ -167,6 +168,12 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _process(self, data: bytes) -> None:
         """Start the exchange for the request head at the start of data, if complete."""
+        if data[:1] == b"\r":   # empty lines before a request line are ignored
+            skip = skip_empty_lines(data)
+            if skip:
+                data = data[skip:]
+                if not data:
+                    return
         end = find_head_end(data, 0)
         if end < 0:
             if len(data) > self.ctx.settings.max_head_size:

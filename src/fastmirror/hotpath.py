@@ -29,6 +29,8 @@ __all__ = (
     "REQ_CONN_CLOSE",
     "REQ_CONN_HOP",
     "REQ_CONN_KEEP_ALIVE",
+    "FORBIDDEN_TRAILERS",
+    "MAX_CHUNK_SIZE",
     "ChunkedError",
     "ChunkedScanner",
     "check_head",
@@ -83,6 +85,8 @@ find_head_end = _impl.find_head_end
 check_head = _impl.check_head
 shadow_head = _impl.shadow_head
 ChunkedError = _impl.ChunkedError
+MAX_CHUNK_SIZE = _impl.MAX_CHUNK_SIZE
+FORBIDDEN_TRAILERS = _impl.FORBIDDEN_TRAILERS
 ChunkedScanner = _impl.ChunkedScanner
 parse_response_head = _impl.parse_response_head
 parse_request_fast = _impl.parse_request_fast

@@ -87,6 +87,34 @@ HEAD_CASES = [
     ("no-colon", b"GET / HTTP/1.1\r\n" + H + b"X-No-Colon\r\n\r\n", {400}),
     ("http10-te", b"POST /echo HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", {400, 501}),
     ("big-head-431", b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", {431}),
+    # issue 7: framing numbers past 64 bits (2**64, 20 nines, 2**64 + 20 with a hidden request)
+    ("cl-2-pow-64", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 18446744073709551616\r\n\r\nabc", {400}),
+    ("cl-20-nines", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 99999999999999999999\r\n\r\nabc", {400}),
+    ("cl-2-pow-64-plus-20", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 18446744073709551636\r\n\r\n"
+     + b"GET /hidden HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("cl-2-pow-63", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 9223372036854775808\r\n\r\nabc", {400}),
+    ("cl-20-digits-leading-zeros", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 00000000000000000003\r\n\r\nabc", {400}),
+    # issue 7: names a CGI/WSGI back end reads as framing headers
+    ("te-underscore-beside-cl", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n", {400}),
+    ("cl-underscore-beside-cl", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\ncontent_length: 30\r\n\r\nabc", {400}),
+    ("cl-underscore-beside-te", b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent_Length: 3\r\n\r\n0\r\n\r\n", {400}),
+    ("te-underscore-alone", b"POST /echo HTTP/1.1\r\n" + H + b"TRANSFER_ENCODING: chunked\r\n\r\n0\r\n\r\n", {400}),
+    # issue 7: request targets, hosts, methods
+    ("target-relative", b"GET fz/1 HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("target-asterisk-get", b"GET * HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("target-authority-get", b"GET fm.test:80 HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("target-scheme-only", b"GET http:// HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("host-with-space", b"GET / HTTP/1.1\r\nHost: fm .test\r\n\r\n", {400}),
+    ("host-with-userinfo", b"GET / HTTP/1.1\r\nHost: user@fm.test\r\n\r\n", {400}),
+    ("host-with-path", b"GET / HTTP/1.1\r\nHost: fm.test/x\r\n\r\n", {400}),
+    ("host-bad-port", b"GET / HTTP/1.1\r\nHost: fm.test:80x\r\n\r\n", {400}),
+    ("connect", b"CONNECT fm.test:443 HTTP/1.1\r\nHost: fm.test:443\r\n\r\n", {405}),
+    ("connect-with-body", b"CONNECT fm.test:443 HTTP/1.1\r\nHost: fm.test:443\r\nContent-Length: 5\r\n\r\nhello", {405}),
+    ("pri-http11", b"PRI * HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("pri-h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", {400}),
+    ("method-lowercase", b"get / HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("method-mixed-case", b"Get / HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("http09", b"GET /path\r\n\r\n", {400}),
     ("many-headers-431", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60) for i in range(1200)) + b"\r\n", {431}),
 ]
 
@@ -99,6 +127,19 @@ BODY_CASES = [
     ("missing-crlf-after-data", CHUNKED + b"5\r\nhelloXX0\r\n\r\n", b"helloXX"),
     ("chunk-size-overflow", CHUNKED + b"10000000000000000\r\nhello\r\n0\r\n\r\n", b"10000000000000000"),
     ("chunk-size-negative", CHUNKED + b"-5\r\nhello\r\n0\r\n\r\n", b"-5\r\n"),
+    # issue 7: sizes past 2**63 - 1, extensions off the grammar, malformed trailers
+    ("chunk-size-2-pow-64-minus-1", CHUNKED + b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n", b"ffffffffffffffff"),
+    ("chunk-size-2-pow-63", CHUNKED + b"8000000000000000\r\nhello\r\n0\r\n\r\n", b"8000000000000000"),
+    ("chunk-ext-empty", CHUNKED + b"2;\r\nxy\r\n0\r\n\r\n", b"2;\r\n"),
+    ("chunk-ext-unclosed-quote", CHUNKED + b'2;a="xy\r\nxy\r\n0\r\n\r\n', b'2;a="'),
+    ("chunk-ext-space", CHUNKED + b"2; a=b\r\nxy\r\n0\r\n\r\n", b"2; a"),
+    ("last-chunk-ext-hides-request", CHUNKED + b'0;x="\r\nGET /hidden HTTP/1.1\r\n' + H + b'"\r\n\r\n', b"0;x="),
+    ("trailer-no-colon", CHUNKED + b"0\r\nNoColon\r\n\r\n", b"NoColon"),
+    ("trailer-nul", CHUNKED + b"0\r\nX-T: a\x00b\r\n\r\n", b"X-T: a\x00"),
+    ("trailer-folded", CHUNKED + b"0\r\nX-T: a\r\n b\r\n\r\n", b"\r\n b"),
+    ("trailer-content-length", CHUNKED + b"0\r\nContent-Length: 30\r\n\r\n", b"Content-Length: 30"),
+    ("trailer-transfer-encoding", CHUNKED + b"0\r\nTransfer_Encoding: chunked\r\n\r\n", b"Transfer_Encoding"),
+    ("trailer-host", CHUNKED + b"0\r\nHost: evil.test\r\n\r\n", b"evil.test"),
 ]
 
 
@@ -141,6 +182,10 @@ PIPELINED = [
     ("no-host", b"GET /second HTTP/1.1\r\n\r\n", {400}),
     ("te-gzip", b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", {501}),
     ("bad-chunk", CHUNKED + b"zz\r\nGET /smuggled HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("cl-wraps-to-zero", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 18446744073709551616\r\n\r\n"
+     + b"GET /smuggled HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("te-underscore", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("http09", b"GET /smuggled\r\n\r\n", {400}),
 ]
 
 

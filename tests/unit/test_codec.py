@@ -256,13 +256,16 @@ def test_response_split_anywhere(body, step):
 
 
 REQUEST_LINES = [b"GET / HTTP/1.1", b"POST /a?b=1 HTTP/1.1", b"GET /x HTTP/1.0", b"DELETE /%41 HTTP/1.1",
-                 b"OPTIONS * HTTP/1.1", b"GET http://h/x HTTP/1.1", b"M-SEARCH * HTTP/1.1"]
+                 b"OPTIONS * HTTP/1.1", b"GET http://h/x HTTP/1.1", b"M-SEARCH * HTTP/1.1",
+                 b"get / HTTP/1.1", b"CONNECT h:443 HTTP/1.1", b"PRI / HTTP/1.1", b"GET x HTTP/1.1"]
 HEADER_LINES = [b"Host: a", b"Host: b:80", b"Host:", b"Content-Length: 5", b"content-length:0",
                 b"Content-Length: 007", b"Transfer-Encoding: chunked", b"TRANSFER-ENCODING: CHUNKED",
                 b"Connection: close", b"Connection: keep-alive, close", b"connection: Keep-Alive",
                 b"Keep-Alive: timeout=5", b"TE: trailers", b"Trailer: x", b"Proxy-Connection: close",
                 b"X-A: b c", b"X-A:\tb\t", b"X-A: \xff\x80", b"Expect: 100-continue", b"Accept: */*",
-                b"X-Weird!#$%&'*+.^_`|~: v", b"Cookie: a=b; c=d"]
+                b"X-Weird!#$%&'*+.^_`|~: v", b"Cookie: a=b; c=d", b"Host: a b", b"Host: [::1]:8",
+                b"Host: a@b", b"Host: a%41", b"Content_Length: 5", b"transfer_encoding: chunked",
+                b"X_A: 1", b"Content-Length: 18446744073709551616"]
 
 
 @st.composite
@@ -301,3 +304,65 @@ def test_interim_responses_dropped_for_http10_clients(step):
     pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
     out = b"".join(framer.feed(p) for p in pieces)
     assert framer.done and out == b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+
+
+# -- issue 7: the lines drawn at the edge ------------------------------------------------
+
+def _head(line: bytes, *headers: bytes) -> bytes:
+    return b"\r\n".join([line, *headers]) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 18446744073709551616"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 9223372036854775808"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 00000000000000000001"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Transfer_Encoding: chunked"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"CONTENT_LENGTH: 1"), 400),
+    (_head(b"GET fz/1 HTTP/1.1", b"Host: a"), 400),
+    (_head(b"GET * HTTP/1.1", b"Host: a"), 400),
+    (_head(b"GET ftp://a/ HTTP/1.1", b"Host: a"), 400),
+    (_head(b"GET / HTTP/1.1", b"Host: fm .test"), 400),
+    (_head(b"GET / HTTP/1.1", b"Host: a:b:c"), 400),
+    (_head(b"GET / HTTP/1.1", b"Host: [::1"), 400),
+    (_head(b"CONNECT a:443 HTTP/1.1", b"Host: a:443"), 405),
+    (_head(b"PRI * HTTP/1.1", b"Host: a"), 400),
+    (_head(b"PRI * HTTP/2.0"), 400),
+    (_head(b"get / HTTP/1.1", b"Host: a"), 400),
+    (_head(b"Get / HTTP/1.1", b"Host: a"), 400),
+])
+def test_issue7_refusals(raw, status):
+    with pytest.raises(HttpError) as err:
+        codec.parse_request_head(raw)
+    assert err.value.status == status
+
+
+@pytest.mark.parametrize("raw", [
+    _head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 9223372036854775807"),
+    _head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 0000000000000000001"),
+    _head(b"OPTIONS * HTTP/1.1", b"Host: a"),
+    _head(b"GET http://a/b HTTP/1.1", b"Host: a"),
+    _head(b"GET / HTTP/1.1", b"Host: [::1]:80"),
+    _head(b"GET / HTTP/1.1", b"Host: [v1.fe80::a+en1]"),
+    _head(b"GET / HTTP/1.1", b"Host: a%2Eb:"),
+    _head(b"GET / HTTP/1.1", b"Host:"),
+    _head(b"GET / HTTP/1.1", b"Host: a", b"X_Forwarded_For: 1"),
+    _head(b"GET / HTTP/1.0"),
+])
+def test_issue7_valid_edges(raw):
+    head = codec.parse_request_head(raw)
+    assert head.raw == raw
+
+
+def test_partial_head_refused_once_the_request_line_is_known_bad():
+    for data in (b"GET /path\r\n", b"GET / HTTP/1.1 x\r\nHost", b"\x16\x03\x01\x02\x00\r\n"):
+        with pytest.raises(HttpError):
+            codec.check_partial_head(data)
+    for data in (b"GET /path", b"GET / HTTP/1.1\r\nHost: a", b"GET / HTTP/1.1\r\n"):
+        codec.check_partial_head(data)
+
+
+def test_skip_empty_lines():
+    assert codec.skip_empty_lines(b"GET") == 0
+    assert codec.skip_empty_lines(b"\r\n\r\nGET") == 4
+    assert codec.skip_empty_lines(b"\r\n\r") == 2
+    assert codec.skip_empty_lines(b"\n\r\n") == 0

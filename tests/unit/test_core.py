@@ -332,7 +332,8 @@ def test_chunked_scanner_three_ways(core: ModuleType, feed: Any, trailing: bytes
 
 def test_chunked_scanner_minimal_and_extensions(core: ModuleType) -> None:
     for body in (b"0\r\n\r\n", b"0;a\r\n\r\n", b"000\r\n\r\n", b"1\r\nx\r\n0\r\n\r\n",
-                 b"1;\r\nx\r\n0\r\nT: \t\x01v\r\n\r\n"):
+                 b"1;a;b=c\r\nx\r\n0\r\nT: \tv\x80 w\t\r\n\r\n",
+                 b'2;q="a;b \\" \\\\";r=1\r\nxy\r\n0;s=""\r\nX_Custom:\r\nT:v\r\n\r\n'):
         scanner = core.ChunkedScanner()
         assert scanner.feed(body + b"tail") == len(body), body
         assert scanner.done
@@ -340,7 +341,7 @@ def test_chunked_scanner_minimal_and_extensions(core: ModuleType) -> None:
 
 def test_chunked_scanner_skips_big_chunks_by_arithmetic(core: ModuleType) -> None:
     scanner = core.ChunkedScanner()
-    head = b"ffffffffffffffff\r\n"   # 2**64 - 1 bytes announced
+    head = b"7fffffffffffffff\r\n"   # 2**63 - 1 bytes announced: the largest allowed
     assert scanner.feed(head) == len(head)
     block = bytes(1 << 20)
     for _ in range(64):   # 64 MiB: a byte loop in Python would time out here
@@ -368,6 +369,20 @@ CHUNKED_ERRORS = [
     b"5\nhello\r\n", b"5\r\rhello", b"5;a\nhello", b"5;a\x00\r\n", b"5\r\nhelloX\r\n",
     b"5\r\nhello\r\r\n", b"5\r\nhello\n", b"1" * 17 + b"\r\n", b"0\r\nT: v\n\r\n",
     b"0\r\nT: v\r\r\n", b"0\r\n\n", b"0\r\n\rX", b"0\r\nT: v\r\n\n",
+    # issue 7: sizes past 2**63 - 1 (a 64-bit wrap turns 2**64 + 20 into 20)
+    b"8000000000000000\r\n", b"ffffffffffffffff\r\n", b"10000000000000014\r\n",
+    # issue 7: chunk extensions by the grammar only
+    b"2;\r\nxy\r\n", b"2;;a\r\nxy\r\n", b"2;=x\r\nxy\r\n", b"2;a=\r\nxy\r\n",
+    b'2;a="x\r\nxy\r\n', b'2;a="x\\\r\nxy\r\n', b"2 ;a\r\nxy\r\n", b"2; a\r\nxy\r\n",
+    b"2;a =b\r\nxy\r\n", b"2;a= b\r\nxy\r\n", b'2;a="x"y\r\nxy\r\n', b"2;a,b\r\nxy\r\n",
+    b"2;a=b c\r\nxy\r\n", b"2;a\x7f\r\nxy\r\n", b"2;a=\x80\r\nxy\r\n", b'0;x="\r\nGET / HTTP/1.1\r\n"\r\n\r\n',
+    # issue 7: trailers checked like header lines
+    b"0\r\nNoColon\r\n\r\n", b"0\r\nT: a\x00b\r\n\r\n", b"0\r\nT: a\x01\r\n\r\n",
+    b"0\r\nT: a\r\n folded\r\n\r\n", b"0\r\n\tT: a\r\n\r\n", b"0\r\nT : a\r\n\r\n",
+    b"0\r\n: a\r\n\r\n", b"0\r\nT(x): a\r\n\r\n", b"0\r\nContent-Length: 5\r\n\r\n",
+    b"0\r\ncontent_length: 5\r\n\r\n", b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"0\r\nHOST: x\r\n\r\n", b"0\r\nConnection: close\r\n\r\n", b"0\r\nTrailer: T\r\n\r\n",
+    b"0\r\nX: 1\r\nUpgrade: h2c\r\n\r\n", b"0\r\nTE: trailers\r\n\r\n",
 ]
 
 
@@ -403,12 +418,11 @@ def test_chunked_scanner_limits(core: ModuleType) -> None:
 def chunked_bodies(draw: st.DrawFn) -> bytes:
     out = []
     for payload in draw(st.lists(st.binary(min_size=1, max_size=80), max_size=6)):
-        ext = draw(st.sampled_from([b"", b";", b";a=b", b';q="x;y"']))
+        ext = draw(st.sampled_from([b"", b";a", b";a=b", b';q="x;y"', b';q="\\"";r']))
         out.append(b"%x%s\r\n%s\r\n" % (len(payload), ext, payload))
     out.append(b"0" + draw(st.sampled_from([b"", b";last"])) + b"\r\n")
-    for name, value in draw(st.lists(st.tuples(st.sampled_from([b"T", b"Expires"]),
-                                               st.binary(max_size=10).filter(
-                                                   lambda v: b"\r" not in v and b"\n" not in v)),
+    values = st.binary(max_size=10).filter(lambda v: all(c >= 0x20 and c != 0x7f or c == 9 for c in v))
+    for name, value in draw(st.lists(st.tuples(st.sampled_from([b"T", b"Expires", b"X_Y"]), values),
                                      max_size=3)):
         out.append(name + b": " + value + b"\r\n")
     out.append(b"\r\n")
@@ -486,7 +500,9 @@ head_like = st.one_of(
     st.lists(st.sampled_from(HEAD_PIECES), max_size=24).map(lambda p: b"".join(p) + b"\r\n\r\n"),
 )
 CHUNK_PIECES = [b"0", b"5", b"a", b"F", b"10", b"ffffffffffffffff", b"1" * 17, b";", b"ext=1",
-                b"\r\n", b"\r", b"\n", b"\x00", b"hello", b"x", b"T: v", b" "]
+                b"\r\n", b"\r", b"\n", b"\x00", b"hello", b"x", b"T: v", b" ",
+                b"8000000000000000", b"7fffffffffffffff", b'"', b"\\", b"=", b"\t", b"\x80",
+                b"Content_Length: 1", b"Host:", b"X_Y:", b"\x7f"]
 chunk_like = st.one_of(
     st.binary(max_size=64),
     st.lists(st.sampled_from(CHUNK_PIECES), max_size=30).map(b"".join),
