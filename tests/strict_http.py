@@ -13,6 +13,10 @@ before issue 7, "F1".. findings of the fuzzer beyond the decision list:
     F1  a Connection header that names Content-Length, Transfer-Encoding or Host: the
         proxy cuts the named line but still frames (and forwards) the body by it, so the
         primary reads the body as the next request. Refused here (400).
+    F2  an absolute-form target whose authority is not the Host value (case aside):
+        RFC 9112 3.2.2 has the origin server use the target's authority and ignore Host,
+        many back ends (and the shadow's "-shadow" Host rewrite) use Host; forwarded as
+        received, the two readings route differently. Refused here (400).
 
 This module must not import fastmirror: it is the independent side of the fuzz tests.
 """
@@ -229,6 +233,9 @@ def _parse_head(head: bytes) -> _Head:
     for value in hosts:
         if not valid_host(value):
             why.add("D7")
+    authority = _ABSOLUTE.match(target)
+    if authority is not None and hosts and authority.group(1).lower() != hosts[0].lower():
+        why.add("F2")
     for name in names:
         if b"_" in name and name.replace(b"_", b"-") in FRAMING:
             why.add("D3")

@@ -104,7 +104,7 @@ def test_underscored_names_other_than_framing_pass() -> None:
     assert accepted(req).requests[0].forward == req
 
 
-@pytest.mark.parametrize("target", [b"/", b"/a?b=c#d", b"http://x/y", b"HTTPS://x:1", b"//x"])
+@pytest.mark.parametrize("target", [b"/", b"/a?b=c#d", b"http://fm.test/y", b"HTTPS://FM.test", b"//x"])
 def test_targets_accepted(target: bytes) -> None:
     accepted(b"GET " + target + b" HTTP/1.1\r\n" + H + b"\r\n")
 
@@ -195,6 +195,7 @@ def test_bad_content_length(value: bytes, decision: str) -> None:
     (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx", "F1", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n", "F1", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, host\r\n\r\n", "F1", 400),
+    (b"GET http://evil.test/ HTTP/1.1\r\nHost: fm.test\r\n\r\n", "F2", 400),
 ])
 def test_bad_heads(head: bytes, decision: str, status: int) -> None:
     r = refused(head, decision, status)
