@@ -208,12 +208,12 @@ class Outcome:
     closed: bool = False
     leftover: bytes = b""      # bytes after the last whole response
     forwarded: bytes = b""
+    end_mark: int = 0          # the primary's log position when it was collected
 
 
 def exchange(port: int, pieces: list[bytes], primary: RawPrimary, timeout: float = 4.0) -> Outcome:
     """Send `pieces` (a few ms apart) on one connection, half-close, read every response
     until the proxy closes; then collect what the primary received meanwhile."""
-    primary.settle()   # a straggler of the last exchange must not count for this one
     mark = primary.mark()
     out = Outcome()
     deadline = time.monotonic() + timeout
@@ -241,6 +241,7 @@ def exchange(port: int, pieces: list[bytes], primary: RawPrimary, timeout: float
         out.leftover = take_buffered(sock)
     primary.settle()
     out.forwarded = primary.since(mark)
+    out.end_mark = primary.mark()
     return out
 
 
