@@ -71,7 +71,8 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
      f'admin endpoint (/metrics, /healthz, /ready, /config, /mirror); "off" disables '
      f"(default: {_default('admin')})", {}),
     ("--workers", "N",
-     f"worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU "
+     f"worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU; a dead worker "
+     f"is restarted and keep-alive clients are rebalanced onto it "
      f"(default: {_default('workers')})", {}),
     ("--queue-size", "N",
      f"per shadow, requests waiting; when full the copy is dropped "
@@ -101,6 +102,12 @@ _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--idle-timeout", "SECONDS",
      f"close idle client keep-alive connections after this "
      f"(default: {_default('idle_timeout')})", {}),
+    ("--header-timeout", "SECONDS",
+     f"a request head not complete this long after its first byte gets 408 and a close "
+     f"(nginx client_header_timeout; default: {_default('header_timeout')})", {}),
+    ("--max-connections", "N",
+     f"client connections per worker; past it new connections wait in the listen "
+     f"backlog (default: {_default('max_connections')})", {}),
     ("--max-head-size", "BYTES",
      f"larger request heads get 431 (default: {_default('max_head_size')} = 64 KiB)", {}),
     ("--mirror-key", "HEADER",

@@ -353,6 +353,8 @@ _FIELDS: dict[str, _Field] = {
     "connect_timeout": _TIMEOUT,
     "drain_timeout": _Field(_real, _at_least(0), "a number of seconds >= 0", _number_text),
     "idle_timeout": _TIMEOUT,
+    "header_timeout": _TIMEOUT,
+    "max_connections": _COUNT,
     "max_head_size": _Field(_size, _at_least(1024), 'a size >= 1024 bytes, e.g. 65536 or "64KiB"'),
     "mirror_key": _Field(_header_name, what="an HTTP header name"),
     "secondary": _Field(_optional_address, what="HOST:PORT"),
@@ -428,6 +430,15 @@ class Config:
     idle_timeout: float = 60.0
     # nginx large_client_header_buffers is 4 x 8 KiB; Envoy max_request_headers_kb 60 KiB.
     max_head_size: int = 64 << 10
+    # A request head must be complete this long after its first byte (the first one:
+    # after the accept), else 408. Shorter than idle_timeout, so a slowloris client that
+    # trickles a head cannot hold a connection for the keep-alive time; nginx's
+    # client_header_timeout is 60 s, 10 s is ample for any real client's head.
+    header_timeout: float = 10.0
+    # Client connections per worker. Past it the worker stops accepting and new ones
+    # wait in the listen backlog (as nginx at worker_connections). Each client can hold
+    # a primary connection too: 2 x 10000 fds fits the unit's LimitNOFILE=65536.
+    max_connections: int = 10000
     mirror_key: str | None = None  # header whose value decides sampling; None = random
     # A second instance of the primary's version: what differs between it and the
     # primary is noise (timestamps, ids), not a regression of the shadow.

@@ -63,6 +63,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.writing_paused = False
         self.client_eof = False
         self.tunnel = False
+        self.reading_head = False  # a head is arriving: header_timeout runs (not idle)
+        # Set when this connection is to end at its next response (server.Shedder,
+        # rebalancing keep-alive clients after a worker restart).
+        self.close_after_response = False
         self.seq = 0
         self._reset_exchange()
 
@@ -95,7 +99,16 @@ class DownstreamProtocol(asyncio.Protocol):
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.registry.connections_active += 1
-        self.deadline = time.monotonic() + ctx.settings.idle_timeout
+        # The first head must be complete header_timeout after the accept.
+        self.deadline = time.monotonic() + ctx.settings.header_timeout
+        self.reading_head = True
+        admitted = len(ctx.connections)
+        limit = ctx.settings.max_connections
+        if admitted >= limit and ctx.acceptor is not None:
+            ctx.acceptor.pause()  # the next connections wait in the listen backlog
+            if admitted > limit:  # accepted in the same batch as the one that filled it
+                ctx.registry.connections_rejected += 1
+                self._close()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -139,6 +152,9 @@ class DownstreamProtocol(asyncio.Protocol):
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.registry.connections_active -= 1
+        acceptor = ctx.acceptor
+        if acceptor is not None and acceptor.paused and len(ctx.connections) < ctx.settings.max_connections:
+            acceptor.resume()
         if self.head is not None and not self.tunnel:
             self._log(499)  # nginx's code for "client closed the request"
             self._end_diff("client-closed")
@@ -180,6 +196,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 raise HttpError(431, "request head too large")
             check_partial_head(data)
             self.buf += data
+            if not self.reading_head:  # the head's first bytes: its own, shorter clock
+                self.reading_head = True
+                self.deadline = time.monotonic() + self.settings.header_timeout
             return
         if end > self.ctx.settings.max_head_size:
             raise HttpError(431, "request head too large")
@@ -198,6 +217,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _start_exchange(self, raw: bytes) -> None:
         head = parse_request_head(raw)
+        self.reading_head = False
         ctx = self.ctx
         s = ctx.settings
         self.settings = s
@@ -206,7 +226,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.started = time.monotonic()
         self.deadline = self.started + s.primary_timeout
         self.framer = ResponseFramer(head.method == b"HEAD", head.http10)
-        self.keep_alive = head.keep_alive and not ctx.draining
+        self.keep_alive = head.keep_alive and not ctx.draining and not self.close_after_response
         ctx.registry.downstream_requests += 1
         if head.has_body:
             self.body = BodyFramer(head)
@@ -494,7 +514,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self.deadline or now < self.deadline or self.closed:
             return
         if self.head is None:
-            self._close()  # idle keep-alive connection
+            if self.buf:  # a head begun and not finished in header_timeout
+                self._refuse(HttpError(408, "request head timed out"))
+            else:
+                self._close()  # idle keep-alive connection
         elif self.writing_paused or self.body is not None:
             self._client_timed_out()
         else:

@@ -1,4 +1,4 @@
-"""Listening sockets: created here, served by the event loop in server.py.
+"""Listening sockets: created here, served by the event loop, with a cap on connections.
 
 The socket is bound before any worker forks, or per worker with SO_REUSEPORT, so
 that the kernel spreads connections over the workers (as nginx `reuseport` does).
@@ -6,9 +6,15 @@ that the kernel spreads connections over the workers (as nginx `reuseport` does)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
+from collections.abc import Callable
 
 from .config import Address, ConfigError
+from .metrics import Registry
+
+log = logging.getLogger("fastmirror.listener")
 
 
 def bind_listener(address: Address, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
@@ -31,3 +37,69 @@ def bind_listener(address: Address, *, reuse_port: bool, backlog: int = 1024) ->
         raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+class Acceptor:
+    """Accepts client connections on a listening socket, up to a cap (per worker).
+
+    At the cap it stops accepting, as nginx does at worker_connections: new
+    connections wait in the kernel's listen backlog instead of being refused, and are
+    taken as soon as a connection closes. uvloop's Server cannot pause, so it is given
+    a duplicate of the listening socket's fd and closed to pause: the socket itself,
+    and the connections queued on it, live on in the original fd.
+    """
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+                 backlog: int, registry: Registry) -> None:
+        self.sock = sock
+        self.factory = factory
+        self.backlog = backlog
+        self.registry = registry
+        self.server: asyncio.AbstractServer | None = None
+        self.closed = False
+        self._resuming = False
+
+    @property
+    def paused(self) -> bool:
+        return self.server is None
+
+    async def start(self) -> None:
+        self.server = await self._serve()
+
+    async def _serve(self) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.factory, sock=self.sock.dup(), backlog=self.backlog)
+
+    def pause(self) -> None:
+        """The cap is reached: stop taking connections from the backlog."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            self.registry.accept_paused += 1
+
+    def resume(self) -> None:
+        """Below the cap again: take connections from the backlog (soon, not now)."""
+        if self.server is None and not self._resuming and not self.closed:
+            self._resuming = True
+            asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            server = await self._serve()
+        except OSError as exc:  # fds exhausted, say: the next close tries again
+            log.warning("cannot resume accepting: %s", exc)
+            return
+        finally:
+            self._resuming = False
+        if self.closed or self.server is not None:
+            server.close()
+        else:
+            self.server = server
+
+    def close(self) -> None:
+        """Stop accepting for good (drain); the listening socket closes."""
+        self.closed = True
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.sock.close()

@@ -9,8 +9,10 @@ records the new one is dropped and counted in ``.dropped``, as nginx's
 
 Records are the proxy's dicts: ``time`` (float epoch from ``time.time()``; written as
 ISO 8601 UTC with milliseconds), ``client``, ``method``, ``path``, ``status``,
-``bytes``, ``duration_ms``, ``id``, ``mirror``, ``upstream``. Once passed to ``log()``
-a record belongs to the log (the writer thread edits it in place).
+``bytes``, ``duration_ms``, ``id``, ``mirror``, ``upstream``; the writer adds ``pid``,
+the process that served the request (which worker, with ``--workers N``; nginx's
+``$pid``). Once passed to ``log()`` a record belongs to the log (the writer thread edits
+it in place).
 
 The diff log (``DiffLog``) holds the full primary/shadow pair of each mismatch. It
 is written from the comparator's worker thread, never from the event loop, so it
@@ -115,6 +117,7 @@ class AccessLog:
         self.dropped = 0
         self.written = 0
         self.write_errors = 0  # records lost to serialisation or write errors
+        self.pid = os.getpid()
         self._buf: collections.deque[dict[str, Any]] = collections.deque()
         self._limit = max_pending
         self._file: IO[bytes] = self._open()
@@ -219,6 +222,7 @@ class AccessLog:
                         rec["time"] = fmt(t)
                     elif t is None:
                         rec = {"time": fmt(time.time()), **rec}
+                    rec.setdefault("pid", self.pid)
                     chunk.append(dumps(rec, default=_default, option=opt))
                 except Exception as exc:  # noqa: BLE001 - one bad record must not kill the writer
                     self.write_errors += 1

@@ -10,6 +10,9 @@ asyncio nor socket.
 
 A worker can ``snapshot()`` its numbers as a plain JSON-able dict; a parent process
 ``Registry.merge(snapshots)`` adds them up (gauges included) and renders the sum.
+``WorkerTotals`` is what that parent keeps between scrapes so that the sums it exports
+never go down while workers die, restart or answer late (``without_gauges`` says which
+numbers of a snapshot are gauges).
 
 Metrics (the first four are the user contract, CONTRACT.md):
 
@@ -28,6 +31,10 @@ fastmirror_downstream_requests_total        counter                             
 fastmirror_downstream_errors_total          counter   code                            error responses the proxy itself sent
                                                                                       (400, 413, 431, 501, 502, 504, ...)
 fastmirror_downstream_connections_active    gauge                                     open client connections
+fastmirror_downstream_connections_rejected_total counter                              client connections closed at once:
+                                                                                      over --max-connections
+fastmirror_downstream_accept_paused_total   counter                                   times accepting stopped at
+                                                                                      --max-connections (new ones wait)
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)
@@ -63,9 +70,11 @@ __all__ = [
     "MirrorStats",
     "Registry",
     "UpstreamStats",
+    "WorkerTotals",
     "parse_histograms",
     "quantile",
     "render_snapshots",
+    "without_gauges",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -189,6 +198,8 @@ class Registry:
         self.downstream_requests = 0
         self.downstream_errors: dict[int, int] = dict.fromkeys(DOWNSTREAM_ERROR_CODES, 0)
         self.connections_active = 0
+        self.connections_rejected = 0
+        self.accept_paused = 0
         self.access_log_dropped = 0
         self.mirror_percent = 0.0
         self.version = version
@@ -238,6 +249,8 @@ class Registry:
             "downstream_requests": self.downstream_requests,
             "downstream_errors": {str(k): v for k, v in self.downstream_errors.items()},
             "connections_active": self.connections_active,
+            "connections_rejected": self.connections_rejected,
+            "accept_paused": self.accept_paused,
             "access_log_dropped": self.access_log_dropped,
             "upstreams": [
                 {"role": s.role, "upstream": s.upstream, "buckets": list(s.buckets), "sum": s.sum, "codes": list(s.codes)}
@@ -285,6 +298,8 @@ class Registry:
         for code, n in snap.get("downstream_errors", {}).items():
             self.downstream_errors[int(code)] = self.downstream_errors.get(int(code), 0) + n
         self.connections_active += snap.get("connections_active", 0)
+        self.connections_rejected += snap.get("connections_rejected", 0)
+        self.accept_paused += snap.get("accept_paused", 0)
         self.access_log_dropped += snap.get("access_log_dropped", 0)
         for u in snap.get("upstreams", ()):
             s = self.upstream(u["role"], u["upstream"])
@@ -321,6 +336,75 @@ class Registry:
                 c = "unknown"
             self.core = str(c)
         return self.core
+
+
+# Keys of Registry.snapshot() by kind. Every key must be in one of these (a unit test
+# checks), so whoever adds a number decides whether a dead worker's value still counts.
+SNAPSHOT_META = ("version", "core", "buckets")
+SNAPSHOT_COUNTERS = ("downstream_requests", "downstream_errors", "access_log_dropped",
+                     "upstreams", "diffs", "connections_rejected", "accept_paused")
+SNAPSHOT_GAUGES = ("connections_active", "mirror_percent")
+SNAPSHOT_MIXED = ("mirrors",)  # outcome counters, and the gauge "depth"
+
+
+def without_gauges(snap: Mapping[str, Any]) -> dict[str, Any]:
+    """``snap`` with every gauge at 0: what a worker that is gone still contributes.
+
+    Its requests were served and stay counted; its open connections and queued
+    copies are gone with it.
+    """
+    return dict(snap, connections_active=0, mirror_percent=0.0,
+                mirrors=[dict(m, depth=0) for m in snap.get("mirrors", ())])
+
+
+class WorkerTotals:
+    """A supervisor's memory of its workers' snapshots, so exported counters never drop.
+
+    Prometheus reads any decrease of a counter as a reset (``rate()`` spikes), and a
+    sum over workers decreases whenever a worker's share goes missing from it: a
+    worker that is late for one scrape, or one that died before its numbers were
+    kept. So each worker's latest snapshot is kept until a newer one replaces it (a
+    late worker counts with the numbers it last reported), and when a worker is gone
+    its last snapshot moves, gauges zeroed, into ``retired``, a running total that is
+    part of every later sum. A worker's own counters only grow, so every exported
+    sum only grows; a worker's numbers that it never reported are lost, but were
+    never exported either.
+
+    Workers are named by any hashable key (the supervisor uses the pid). Pure: no
+    I/O, no clock.
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[Any, Mapping[str, Any]] = {}
+        self.exited: set[Any] = set()
+        self.retired: dict[str, Any] | None = None
+
+    def update(self, key: Any, snap: Mapping[str, Any]) -> None:
+        """A newer snapshot from worker key (replies arrive in the order they were made)."""
+        self.latest[key] = snap
+
+    def exit(self, key: Any) -> None:
+        """Worker key is gone (its channel closed): its gauges stop counting now."""
+        if key in self.latest:
+            self.exited.add(key)
+
+    def retire(self, key: Any) -> None:
+        """Worker key is reaped: fold its last counters into ``retired`` and forget it."""
+        snap = self.latest.pop(key, None)
+        self.exited.discard(key)
+        if snap is None:
+            return
+        parts = [without_gauges(snap)] if self.retired is None else [self.retired, without_gauges(snap)]
+        self.retired = Registry.merge(parts, process=False).snapshot()
+
+    def snapshots(self) -> list[Mapping[str, Any]]:
+        """What to sum for one scrape: every worker's latest, then the retired total."""
+        out: list[Mapping[str, Any]] = [
+            without_gauges(snap) if key in self.exited else snap for key, snap in self.latest.items()
+        ]
+        if self.retired is not None:
+            out.append(self.retired)
+        return out
 
 
 def render_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> bytes:
@@ -393,6 +477,16 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     yield errors
     yield GaugeMetricFamily(
         "fastmirror_downstream_connections_active", "Open client connections.", value=snap["connections_active"]
+    )
+    yield CounterMetricFamily(
+        "fastmirror_downstream_connections_rejected_total",
+        "Client connections closed at once because --max-connections was reached.",
+        value=snap.get("connections_rejected", 0),
+    )
+    yield CounterMetricFamily(
+        "fastmirror_downstream_accept_paused_total",
+        "Times the listener stopped accepting at --max-connections (new connections wait in the backlog).",
+        value=snap.get("accept_paused", 0),
     )
     yield CounterMetricFamily(
         "fastmirror_access_log_dropped_total",

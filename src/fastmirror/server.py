@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -23,7 +24,7 @@ from . import __version__
 from .config import Config, ConfigError, config_to_dict, load_config
 from .downstream import DownstreamProtocol
 from .hotpath import CORE_IMPL
-from .listener import bind_listener
+from .listener import Acceptor, bind_listener
 from .logs import AccessLog
 from .metrics import Registry
 from .mirror import RequestIds
@@ -47,6 +48,8 @@ class Settings:
         capture_limit = config.diff.max_body if comparator is not None else 0
         self.primary_timeout = config.primary_timeout
         self.idle_timeout = config.idle_timeout
+        self.header_timeout = config.header_timeout
+        self.max_connections = config.max_connections
         self.max_head_size = config.max_head_size
         self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
         primary = config.primary
@@ -109,9 +112,98 @@ class ProxyContext:
         self.registry = registry
         self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
         self.connections: set[DownstreamProtocol] = set()
+        self.acceptor: Acceptor | None = None  # set once listening; pauses at max_connections
         self.ids = RequestIds()
         self.draining = False
         registry.mirror_percent = config.mirror_percent
+
+
+def shed_times(count: int, window: float, now: float) -> list[float]:
+    """When to close each of ``count`` connections: evenly over ``window`` from ``now``.
+
+    The first goes one step in, not at once, and the last at the window's end, so a
+    burst of reconnecting clients never comes from one moment.
+    """
+    if count <= 0:
+        return []
+    step = max(window, 0.0) / count
+    return [now + step * (i + 1) for i in range(count)]
+
+
+# A connection marked to close after its next response that sends no request for this
+# long is closed idle (a client that paused is as likely to be between requests as a
+# keep-alive timeout would find it; one that keeps asking gets its Connection: close).
+SHED_IDLE_GRACE = 1.0
+
+
+def shed_connection(conn: DownstreamProtocol) -> bool:
+    """Mark conn to end after its next response; False when it is idle now.
+
+    A request whose response has not started gets ``keep_alive = False`` now: that
+    response is the last (and says so). Otherwise ``close_after_response`` makes the
+    next request's response the last, so the client is told rather than cut off
+    between requests. An idle connection (no request, no part of one: False) is
+    closed if it is still idle SHED_IDLE_GRACE later (``shed_idle``).
+    """
+    if conn.closed or conn.tunnel:
+        return True  # gone, or a 101 tunnel that is not HTTP any more
+    conn.close_after_response = True
+    if conn.head is not None:
+        if not conn.response_started:
+            conn.keep_alive = False
+        return True
+    return bool(conn.buf)  # a request head is arriving: its response will be the last
+
+
+def shed_idle(conn: DownstreamProtocol, seq: int) -> None:
+    """Close conn if it has stayed idle since it was marked (its request count is seq)."""
+    if not conn.closed and conn.seq == seq and conn.head is None and not conn.buf:
+        conn.shutdown()
+
+
+class Shedder:
+    """Ends chosen client connections one at a time over a window (rebalancing).
+
+    The supervisor sends ``{"op": "shed", "count": K, "window": S}`` after a worker
+    restarts; the connections are picked at random, so no client is favoured, and
+    the server's sweep marks each at its time (see shed_connection) and closes those
+    that then stay idle for SHED_IDLE_GRACE.
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        # (time, connection, None) to mark it; (time, connection, seq) to close it if
+        # still idle with that many requests. Ascending times.
+        self.due: list[tuple[float, DownstreamProtocol, int | None]] = []
+        self._rng = rng or random.Random()
+
+    def plan(self, connections: set[DownstreamProtocol], count: int, window: float,
+             now: float) -> int:
+        """Schedule up to count of connections (not already chosen); how many were."""
+        chosen_before = {conn for _, conn, _ in self.due}
+        eligible = [c for c in connections if c not in chosen_before and not c.closed
+                    and not c.tunnel and not c.close_after_response]
+        chosen = self._rng.sample(eligible, min(max(count, 0), len(eligible)))
+        times = shed_times(len(chosen), window, now)
+        self._add([(t, conn, None) for t, conn in zip(times, chosen)])
+        return len(chosen)
+
+    def sweep(self, now: float) -> None:
+        """Mark, or close if still idle, every connection whose time has come."""
+        keep, later = [], []
+        for item in self.due:
+            due, conn, seq = item
+            if due > now:
+                keep.append(item)
+            elif seq is not None:
+                shed_idle(conn, seq)
+            elif not shed_connection(conn):
+                later.append((now + SHED_IDLE_GRACE, conn, conn.seq))
+        self.due = keep
+        self._add(later)
+
+    def _add(self, items: list[tuple[float, DownstreamProtocol, int | None]]) -> None:
+        if items:
+            self.due = sorted([*self.due, *items], key=lambda item: item[0])
 
 
 class Runtime:
@@ -186,6 +278,11 @@ class Worker:
         self.notify = notify
         self.control = control  # channel to the supervisor (workers.py), if any
         self.stop_requested: asyncio.Event | None = None
+        self.shedder = Shedder()
+        # Records dropped by access logs closed since (a SIGHUP with a new path), so
+        # that fastmirror_access_log_dropped_total never goes down.
+        self._log_dropped_before = 0
+        self.registry.on_collect.append(self._collect_access_log)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -193,8 +290,10 @@ class Worker:
         config = self.ctx.settings.config
         self._open_access_log(config)
         sock = self.listen_sock or bind_listener(config.listen, reuse_port=False)
-        server = await loop.create_server(lambda: DownstreamProtocol(self.ctx), sock=sock,
-                                          backlog=sock_backlog())
+        acceptor = Acceptor(sock, lambda: DownstreamProtocol(self.ctx), sock_backlog(),
+                            self.registry)
+        await acceptor.start()
+        self.ctx.acceptor = acceptor
         admin_server = None
         if self.admin_enabled and config.admin is not None:
             from .admin import start_admin
@@ -214,7 +313,7 @@ class Worker:
         await self.stop_requested.wait()
         if self.notify:
             sd_notify("STOPPING=1")
-        await self._drain(server, config.drain_timeout)
+        await self._drain(acceptor, config.drain_timeout)
         sweeper.cancel()
         if control is not None:
             control.cancel()
@@ -256,13 +355,29 @@ class Worker:
             return None
         if op == "ping":
             return {"op": "pong"}
+        if op == "shed":
+            self._shed(msg)
+            return None
         log.warning("control: unknown message %r", msg)
         return None
 
-    async def _drain(self, server: asyncio.AbstractServer, timeout: float) -> None:
+    def _shed(self, msg: dict[str, Any]) -> None:
+        """Rebalancing: close some client connections over a window (workers.py)."""
+        if self.ctx.draining:
+            return  # every connection is closing anyway
+        try:
+            count, window = int(msg["count"]), float(msg["window"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("control: bad shed message %r: %s", msg, exc)
+            return
+        n = self.shedder.plan(self.ctx.connections, count, window, time.monotonic())
+        log.debug("rebalancing: closing %d of %d client connections over %.1f s",
+                  n, len(self.ctx.connections), window)
+
+    async def _drain(self, acceptor: Acceptor, timeout: float) -> None:
         ctx = self.ctx
         ctx.draining = True
-        server.close()  # stop accepting; the listening socket closes
+        acceptor.close()  # stop accepting; the listening socket closes
         for conn in list(ctx.connections):
             conn.shutdown()
         deadline = time.monotonic() + timeout
@@ -288,6 +403,8 @@ class Worker:
         ctx = self.ctx
         for conn in list(ctx.connections):
             conn.sweep(now)
+        if self.shedder.due:
+            self.shedder.sweep(now)
         s = ctx.settings
         s.primary_pool.sweep(now)
         for shadow in s.shadows:
@@ -337,13 +454,14 @@ class Worker:
             return
         if s.access_log is not None:
             s.access_log.close()
+            self._log_dropped_before += s.access_log.dropped
             s.access_log = None
         if config.access_log:
             s.access_log = AccessLog(config.access_log)
-            registry = self.registry
-            access_log = s.access_log
-            registry.on_collect.append(
-                lambda reg: setattr(reg, "access_log_dropped", access_log.dropped))
+
+    def _collect_access_log(self, registry: Registry) -> None:
+        current = self.ctx.settings.access_log
+        registry.access_log_dropped = self._log_dropped_before + (current.dropped if current else 0)
 
     def _close_all(self) -> None:
         s = self.ctx.settings

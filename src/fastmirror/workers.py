@@ -9,12 +9,18 @@ kernel spreads connections over them. The supervisor serves no traffic. It:
 - serves the admin endpoint for all workers: ``/metrics`` is the sum of every worker's
   ``Registry.snapshot()``, ``PUT /mirror`` reaches every worker (and restarted ones);
 - turns SIGTERM/SIGINT into a drain of every worker, then exits 0; forwards SIGHUP;
-- restarts a worker that dies while not draining, with a backoff against crash loops;
+- restarts a worker that dies while not draining, with a backoff against crash loops,
+  then has the other workers shed keep-alive connections until the load evens out;
+- keeps every exported counter monotonic across worker deaths and late answers
+  (metrics.WorkerTotals);
 - tells systemd ``READY=1`` once every worker listens.
 
 Each worker holds one end of a ``socketpair()``: the control channel, newline-delimited
-JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``,
-``{"op": "diffs", "id": N}``, ``{"op": "percent", "value": P}``, ``{"op": "ping"}``; worker →
+JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``
+(also the heartbeat, every HEARTBEAT s, with id 0),
+``{"op": "diffs", "id": N}``, ``{"op": "percent", "value": P}``, ``{"op": "ping"}``,
+``{"op": "shed", "count": K, "window": S}`` (close K client connections over S seconds,
+to rebalance after a restart: see REBALANCE_ROUNDS); worker →
 supervisor: ``{"op": "ready", "pid": PID}`` once listening, ``{"id": N, "snapshot": {...}}``,
 ``{"id": N, "diffs": {...}}`` (its DiffStore snapshot), ``{"op": "pong"}``. EOF tells each side that the other is gone: a worker whose
 supervisor died drains and exits rather than live on as an orphan.
@@ -24,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -37,19 +45,36 @@ import orjson
 from .config import Address, Config, ConfigError, config_to_dict, load_config
 from .listener import bind_listener
 from .logs import setup_logging
+from .metrics import WorkerTotals
 
 log = logging.getLogger("fastmirror")
 
 # A scrape waits this long for the workers' snapshots; a worker that has not answered
-# by then is left out of that scrape rather than stall Prometheus (10 s timeout).
+# by then counts with its previous snapshot rather than stall Prometheus (10 s timeout).
 SCRAPE_TIMEOUT = 1.0
+# After a worker restarts, keep-alive clients would stay on the survivors for as long as
+# they keep their connections, and the new worker would get almost nothing. So the
+# supervisor evens out the workers' client connections: in up to REBALANCE_ROUNDS
+# rounds, each worker over its fair share (by more than REBALANCE_TOLERANCE of it plus
+# REBALANCE_SLACK connections) closes its excess, at most half of its connections a
+# round, spread evenly over REBALANCE_WINDOW seconds (server.Shedder: each connection
+# ends after its next response, with Connection: close, or is closed if it stays
+# idle); a reconnecting client lands where SO_REUSEPORT puts it, so later rounds
+# finish what the first leaves uneven.
+REBALANCE_ROUNDS = 5
+REBALANCE_DELAY = 1.0  # a worker that dies this soon after it listens moves nobody
+REBALANCE_WINDOW = 2.0
+REBALANCE_SETTLE = 0.5  # after a round's window: time for the clients to reconnect
+REBALANCE_TOLERANCE = 0.1
+REBALANCE_SLACK = 1
 # Restart delay after a worker dies: doubles while workers keep dying young, up to
 # the cap; nginx restarts at once, but a crash loop should not eat a CPU.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 YOUNG = 5.0  # a worker that dies younger than this (s) doubles the next delay
-# Liveness, as uvicorn's supervisor pings its workers: a ready worker silent for
-# HEARTBEAT_DEAD seconds (its event loop is stuck) is killed and restarted.
+# Liveness, as uvicorn's supervisor pings its workers (here the ping asks for a
+# snapshot): a ready worker silent for HEARTBEAT_DEAD seconds (its event loop is
+# stuck) is killed and restarted.
 HEARTBEAT = 5.0
 HEARTBEAT_DEAD = 3 * HEARTBEAT
 # On SIGTERM, workers get drain_timeout to finish; this much more before SIGKILL.
@@ -122,7 +147,6 @@ class Child:
         self.ready = False
         self.reload_pending = False  # SIGHUP arrived before it listened
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> reply
-        self.last_snapshot: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int:
@@ -200,9 +224,12 @@ class Supervisor:
         self.draining = False
         self.all_ready = False
         self.exit_code = 0
-        self.retired: dict[str, Any] | None = None  # counters of dead workers (see _retire)
+        # Every worker's latest snapshot and the dead ones' counters: /metrics sums these,
+        # so no exported counter ever goes down (metrics.WorkerTotals).
+        self.totals = WorkerTotals()
         self._seq = 0
         self._stopping = asyncio.Event()
+        self._rebalancer: asyncio.Task[None] | None = None
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -233,8 +260,9 @@ class Supervisor:
                 child.kill(signal.SIGKILL)
         if late:
             await asyncio.wait(late, timeout=2.0)
-        for task in (*late, heartbeat):
-            task.cancel()
+        for task in (*late, heartbeat, self._rebalancer):
+            if task is not None:
+                task.cancel()
         if admin_server is not None:
             admin_server.close()
         log.info("supervisor exiting")
@@ -253,12 +281,18 @@ class Supervisor:
     handle_sigint = handle_sigterm
 
     def handle_sighup(self) -> None:
-        """Reload here (for /config) and in every worker (each reloads itself)."""
+        """Reload here (for /config) and in every worker (each reloads itself).
+
+        A config file that does not load is reported here, once, and the workers are
+        not told: each would read the same file, fail the same way and log the same
+        line again, and keep its settings just the same.
+        """
         if self.config_path is not None:
             try:
                 config = load_config(self.config_path, self.overrides)
             except ConfigError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
+                return
             else:
                 if config.effective_workers != self.n:
                     log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
@@ -346,6 +380,7 @@ class Supervisor:
         except (OSError, ValueError) as exc:
             log.error("worker %d (pid %d): control channel failed: %s", child.index, child.pid, exc)
             child.kill(signal.SIGKILL)
+        self.totals.exit(child)  # its connections and queues are gone; its counters stay
         child.writer.close()
         for fut in child.pending.values():
             fut.cancel()
@@ -357,13 +392,16 @@ class Supervisor:
                 child.kill(signal.SIGKILL)
                 deadline = float("inf")
             await asyncio.sleep(0.02)
-        if child.last_snapshot is not None:
-            self._retire(child.last_snapshot)
+        self.totals.retire(child)
 
     def _on_message(self, child: Child, msg: Any) -> None:
         if not isinstance(msg, dict):
             return
         reply = next((key for key in _REPLIES if key in msg), None)
+        if reply == "snapshot":
+            # Kept at once, even when the scrape that asked gave up on it: a later
+            # snapshot is never smaller, and the next scrape or retire uses this one.
+            self.totals.update(child, msg[reply])
         if reply is not None:
             fut = child.pending.pop(msg.get("id", 0), None)
             if fut is not None and not fut.done():
@@ -379,10 +417,37 @@ class Supervisor:
             child.kill(signal.SIGHUP)
         if self.all_ready:
             log.info("worker %d restarted, pid %d", child.index, child.pid)
+            self._start_rebalance()
         elif len(self.children) == self.n and all(c.ready for c in self.children.values()):
             self.all_ready = True
             log.info("%d workers listening on %s", self.n, self.config.listen)
             sd_notify("READY=1")
+
+    def _start_rebalance(self) -> None:
+        """(Re)start the rounds that move keep-alive clients to a restarted worker."""
+        if self._rebalancer is not None:
+            self._rebalancer.cancel()  # another restart: count again from its state
+        self._rebalancer = asyncio.get_running_loop().create_task(self._rebalance())
+
+    async def _rebalance(self) -> None:
+        """Ask the workers holding too many client connections to close some, gently."""
+        await asyncio.sleep(REBALANCE_DELAY)
+        for _ in range(REBALANCE_ROUNDS):
+            if self.draining:
+                return
+            replies = await self.ask("snapshot")
+            if len(replies) == self.n:  # a fair share needs everyone's count
+                counts = [int(snap.get("connections_active", 0)) for _, snap in replies]
+                plan = shed_plan(counts)
+                if not any(plan):
+                    return
+                for (child, _), n_conns, shed in zip(replies, counts, plan):
+                    if shed:
+                        log.info("rebalancing: worker %d (pid %d) closes %d of its %d client "
+                                 "connections over %.1f s", child.index, child.pid, shed,
+                                 n_conns, REBALANCE_WINDOW)
+                        child.send({"op": "shed", "count": shed, "window": REBALANCE_WINDOW})
+            await asyncio.sleep(REBALANCE_WINDOW + REBALANCE_SETTLE)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -396,7 +461,10 @@ class Supervisor:
                               child.index, child.pid, now - child.last_heard)
                     child.kill(signal.SIGKILL)
                 else:
-                    child.send({"op": "ping"})
+                    # The liveness probe asks for a snapshot (id 0: no scrape waits for
+                    # it): its reply lands in self.totals, so a worker killed between
+                    # scrapes takes at most HEARTBEAT seconds of counts with it.
+                    child.send({"op": "snapshot", "id": 0})
 
     # -- what the admin endpoint needs -----------------------------------------------
 
@@ -432,30 +500,39 @@ class Supervisor:
                 out.append((child, fut.result()))
             else:
                 fut.cancel()
-                log.warning("worker %d (pid %d): no %s within %.1f s; left out of this answer",
-                            child.index, child.pid, op, SCRAPE_TIMEOUT)
+                log.warning("worker %d (pid %d): no %s within %.1f s; %s",
+                            child.index, child.pid, op, SCRAPE_TIMEOUT,
+                            "its previous one counts" if op == "snapshot" else "left out of this answer")
         return out
 
-    async def snapshots(self) -> list[dict[str, Any]]:
-        """Every ready worker's ``Registry.snapshot()``; one that is late is left out."""
-        out = []
-        for child, snapshot in await self.ask("snapshot"):
-            child.last_snapshot = snapshot
-            out.append(snapshot)
-        # Dead workers' counters stay in the sum, so restarts never make a counter go
-        # down (which Prometheus' rate() would read as a reset, a spike).
-        if self.retired is not None:
-            out.append(self.retired)
-        return out
+    async def snapshots(self) -> list[Mapping[str, Any]]:
+        """What /metrics sums: every worker's latest snapshot and the retired counters.
 
-    def _retire(self, snap: dict[str, Any]) -> None:
-        """Keep a dead worker's last counters; its gauges go to zero."""
-        from .metrics import Registry
+        A worker that is late keeps counting with its previous snapshot; a dead one
+        with its last snapshot, gauges zeroed (see metrics.WorkerTotals).
+        """
+        await self.ask("snapshot")  # the replies land in self.totals (_on_message)
+        return self.totals.snapshots()
 
-        snap = dict(snap, connections_active=0, mirror_percent=0.0,
-                    mirrors=[dict(m, depth=0) for m in snap.get("mirrors", ())])
-        parts = [snap] if self.retired is None else [self.retired, snap]
-        self.retired = Registry.merge(parts, process=False).snapshot()
+
+def shed_plan(connections: Sequence[int], tolerance: float = REBALANCE_TOLERANCE,
+              slack: int = REBALANCE_SLACK) -> list[int]:
+    """How many client connections each worker should close so that they even out.
+
+    ``connections[i]`` is worker i's open client connections. A worker holding more
+    than its fair share (the mean) by more than ``tolerance * fair + slack`` closes
+    the excess, but never more than half of its connections at once; the others
+    close none. Equal or nearly equal workers get all zeros.
+    """
+    n = len(connections)
+    if n < 2:
+        return [0] * n
+    fair = sum(connections) / n
+    plan = []
+    for c in connections:
+        excess = c - fair
+        plan.append(min(math.ceil(excess), c // 2) if excess > fair * tolerance + slack else 0)
+    return plan
 
 
 # Keys of the worker messages that answer a request ({"op": key, "id": N}).

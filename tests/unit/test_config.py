@@ -130,6 +130,8 @@ log_level = "DEBUG"
 connect_timeout = 1
 drain_timeout = 0
 idle_timeout = 75
+header_timeout = 7.5
+max_connections = 500
 max_head_size = "32KiB"
 mirror_key = "X-User-Id"
 secondary = "10.0.0.8:9000"
@@ -171,6 +173,8 @@ def test_full_file(toml):
         "drain_timeout": 0.0,
         "idle_timeout": 75.0,
         "max_head_size": 32768,
+        "header_timeout": 7.5,
+        "max_connections": 500,
         "mirror_key": "x-user-id",
         "secondary": "10.0.0.8:9000",
         "diff": {
@@ -526,3 +530,23 @@ def test_config_imports_no_io():
     code = "import sys, fastmirror.config; print(sorted({'asyncio', 'socket'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- client limits (issue 7) -------------------------------------------------------------
+
+
+def test_client_limit_defaults():
+    cfg = load_config(None, PRIMARY)
+    assert cfg.header_timeout == 10.0
+    assert cfg.max_connections == 10000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [({"header_timeout": 0}, "--header-timeout: must be a number of seconds > 0"),
+     ({"header_timeout": "soon"}, "--header-timeout: must be a number of seconds > 0"),
+     ({"max_connections": 0}, "--max-connections: must be an integer >= 1"),
+     ({"max_connections": 1.5}, "--max-connections: must be an integer >= 1")],
+)  # fmt: skip
+def test_client_limit_checks(overrides, start):
+    assert error_of(None, PRIMARY | overrides).startswith(start)

@@ -60,7 +60,8 @@ def test_writes_json_lines_with_all_fields(alog: AccessLog, path: Path) -> None:
     lines = read_lines(path)
     assert len(lines) == 3
     for i, line in enumerate(lines):
-        assert list(line) == list(FIELDS)  # order kept, time first
+        assert list(line) == [*FIELDS, "pid"]  # order kept, time first, then the writer's pid
+        assert line["pid"] == os.getpid()
         assert line["time"] == "2024-05-01T12:34:56.789Z"
         assert line["path"] == f"/items/{i}?q=a%20b"
         assert line["status"] == 200 and line["bytes"] == 1234 and line["duration_ms"] == 0.42
