@@ -206,9 +206,11 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
     chunked = False
     upgrade_header = False
     conn_tokens: list[bytes] = []
+    host: bytes | None = None
     for name, value in event.headers:
         if name == b"host":
             check_host(value)
+            host = value
         elif b"_" in name and name.replace(b"_", b"-") in _FRAMING:
             # A CGI/WSGI back end reads Content_Length as Content-Length: refuse, as a
             # second framing header would be (nginx drops all such names instead).
@@ -227,6 +229,12 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
             raise HttpError(400, "Content-Length with Transfer-Encoding")
         if http10:
             raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if _NOT_CONNECTION_OPTIONS.intersection(conn_tokens):
+        # Cutting the line that frames or routes the request, then framing its body by
+        # it, would hand the primary the body as its next request (RFC 9110 7.6.1).
+        raise HttpError(400, "Connection names a framing or routing header")
+    if host is not None and target_authority(event.target) not in (None, host.lower()):
+        raise HttpError(400, "absolute-form target and Host name different hosts")
     upgrade = upgrade_header and b"upgrade" in conn_tokens
     keep_alive = not http10 and b"close" not in conn_tokens
     forward = _strip_hop_by_hop(raw, lower, conn_tokens, upgrade)
@@ -250,6 +258,7 @@ def _content_length(value: bytes, lower: bytes) -> int:
 
 
 _FRAMING = (b"content-length", b"transfer-encoding")
+_NOT_CONNECTION_OPTIONS = frozenset((b"content-length", b"transfer-encoding", b"host"))
 MAX_CONTENT_LENGTH = (1 << 63) - 1
 MAX_CONTENT_LENGTH_DIGITS = 19
 
@@ -261,6 +270,22 @@ _HOST = re.compile(
 )
 _ABSOLUTE_FORM = re.compile(rb"[hH][tT][tT][pP][sS]?://[^/?#]+(?:[/?#].*)?", re.DOTALL)
 _LOWERCASE = re.compile(rb"[a-z]")
+
+
+def target_authority(target: bytes) -> bytes | None:
+    """The authority of an absolute-form target, lower case; None for other forms.
+
+    RFC 9112 section 3.2.2 has a server route by it and ignore Host, while many back
+    ends (and the shadow's "-shadow" Host) go by Host: the two must agree. Userinfo
+    (`http://u@host/`) is kept in, so it never agrees: it is an error by RFC 9110 4.2.4.
+    """
+    if target[:1] == b"/" or target == b"*":
+        return None
+    start = target.index(b"://") + 3
+    end = start
+    while end < len(target) and target[end] not in b"/?#":
+        end += 1
+    return target[start:end].lower()
 
 
 def check_host(value: bytes) -> None:

@@ -54,7 +54,7 @@ def statuses(data: bytes) -> list[int]:
 ACCEPTED = [
     ("options-asterisk", b"OPTIONS * HTTP/1.1\r\n" + H + CLOSE + b"\r\n"),
     ("absolute-form", b"GET http://fm.test/abs?q=1 HTTP/1.1\r\n" + H + CLOSE + b"\r\n"),
-    ("absolute-form-https-upper", b"GET HTTPS://fm.test:8443/abs HTTP/1.1\r\n" + H + CLOSE + b"\r\n"),
+    ("absolute-form-https-upper", b"GET HTTPS://FM.test:8443/abs HTTP/1.1\r\nHost: fm.test:8443\r\n" + CLOSE + b"\r\n"),
     ("underscored-other-name", b"GET / HTTP/1.1\r\n" + H + b"X_Custom_Header: 1\r\nContent_Type: x\r\n" + CLOSE + b"\r\n"),
     ("host-port", b"GET / HTTP/1.1\r\nHost: fm.test:8080\r\n" + CLOSE + b"\r\n"),
     ("host-ipv6", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n" + CLOSE + b"\r\n"),

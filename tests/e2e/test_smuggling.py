@@ -115,6 +115,15 @@ HEAD_CASES = [
     ("method-lowercase", b"get / HTTP/1.1\r\n" + H + b"\r\n", {400}),
     ("method-mixed-case", b"Get / HTTP/1.1\r\n" + H + b"\r\n", {400}),
     ("http09", b"GET /path\r\n\r\n", {400}),
+    # issue 7, found by the differential fuzzer: Connection must not cut framing or routing
+    ("connection-names-content-length", b"POST /echo HTTP/1.1\r\n" + H + b"Connection: content-length\r\nContent-Length: 34\r\n\r\n"
+     + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", {400}),
+    ("connection-names-transfer-encoding", b"POST /echo HTTP/1.1\r\n" + H + b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+     + b"0\r\n\r\n", {400}),
+    ("connection-names-host", b"GET / HTTP/1.1\r\n" + H + b"Connection: keep-alive, host\r\n\r\n", {400}),
+    # ... and an absolute-form target must name the host that Host names
+    ("absolute-form-other-host", b"GET http://evil.test/admin HTTP/1.1\r\n" + H + b"\r\n", {400}),
+    ("absolute-form-userinfo", b"GET http://u@fm.test/ HTTP/1.1\r\n" + H + b"\r\n", {400}),
     ("many-headers-431", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60) for i in range(1200)) + b"\r\n", {431}),
 ]
 

@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 # Decisions of /work/notes/issue7-decisions.md (and findings F1..) that the proxy under
 # test does not implement yet. Empty it as they land on main.
-PENDING = frozenset({"F1", "F2"})
+PENDING: frozenset[str] = frozenset()
 if "FASTMIRROR_FUZZ_PENDING" in os.environ:
     PENDING = frozenset(filter(None, os.environ["FASTMIRROR_FUZZ_PENDING"].split(",")))
 

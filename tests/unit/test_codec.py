@@ -329,6 +329,12 @@ def _head(line: bytes, *headers: bytes) -> bytes:
     (_head(b"PRI * HTTP/2.0"), 400),
     (_head(b"get / HTTP/1.1", b"Host: a"), 400),
     (_head(b"Get / HTTP/1.1", b"Host: a"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Connection: content-length", b"Content-Length: 1"), 400),
+    (_head(b"POST / HTTP/1.1", b"Host: a", b"Connection: close, Transfer-Encoding"), 400),
+    (_head(b"GET / HTTP/1.1", b"Host: a", b"Connection: HOST"), 400),
+    (_head(b"GET http://b/ HTTP/1.1", b"Host: a"), 400),
+    (_head(b"GET http://u@a/ HTTP/1.1", b"Host: a"), 400),
+    (_head(b"GET http://a:80/ HTTP/1.1", b"Host: a"), 400),
 ])
 def test_issue7_refusals(raw, status):
     with pytest.raises(HttpError) as err:
@@ -341,6 +347,8 @@ def test_issue7_refusals(raw, status):
     _head(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 0000000000000000001"),
     _head(b"OPTIONS * HTTP/1.1", b"Host: a"),
     _head(b"GET http://a/b HTTP/1.1", b"Host: a"),
+    _head(b"GET HTTP://A:8080?q HTTP/1.1", b"Host: a:8080"),
+    _head(b"GET http://a/b HTTP/1.0"),
     _head(b"GET / HTTP/1.1", b"Host: [::1]:80"),
     _head(b"GET / HTTP/1.1", b"Host: [v1.fe80::a+en1]"),
     _head(b"GET / HTTP/1.1", b"Host: a%2Eb:"),
