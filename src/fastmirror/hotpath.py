@@ -41,6 +41,7 @@ __all__ = (
     "sample",
     "seed_random",
     "shadow_head",
+    "splice_head",
 )
 
 NO_EXTENSIONS = os.environ.get("FASTMIRROR_NO_EXTENSIONS", "") not in ("", "0")
@@ -85,6 +86,7 @@ shadow_head = _impl.shadow_head
 ChunkedError = _impl.ChunkedError
 ChunkedScanner = _impl.ChunkedScanner
 parse_response_head = _impl.parse_response_head
+splice_head = _impl.splice_head
 parse_request_fast = _impl.parse_request_fast
 REQ_CONN_CLOSE = _impl.REQ_CONN_CLOSE
 REQ_CONN_KEEP_ALIVE = _impl.REQ_CONN_KEEP_ALIVE
