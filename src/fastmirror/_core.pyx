@@ -656,7 +656,7 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
     cdef Py_ssize_t cut_at[2 * MAX_FAST_CUTS]
     cdef int64_t length = -1, value
     cdef bint te_present = False, conn_close = False, conn_keep_alive = False, chunked
-    cdef bint final = False, hop, slow_cuts = False
+    cdef bint final = False, hop, slow_cuts = False, close_line = False
     if n < 4 or memcmp(p + n - 4, b"\r\n\r\n", 4) != 0:
         raise ValueError("response head must end with CRLF CRLF")
     s = 0
@@ -720,14 +720,16 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
                 vs = _list_element(p, vs, ve, &ts, &te)
                 if _eq_lower(p + ts, te - ts, b"keep-alive", 10):
                     conn_keep_alive = True   # names Keep-Alive, which is cut anyway
+                elif _eq_lower(p + ts, te - ts, b"close", 5):
+                    conn_close = True        # names Close: see close_line
                 elif te > ts:
                     # Any other token names a header to cut too (RFC 9110 7.6.1), which
                     # may come before this line: a second pass finds those.
                     slow_cuts = True
-                    if _eq_lower(p + ts, te - ts, b"close", 5):
-                        conn_close = True
         elif _is_hop_name(p + s, ms):
             hop = True
+        elif ms == 5 and _eq_lower(p + s, 5, b"close", 5):
+            close_line = True
         if hop and final:
             if ncut == MAX_FAST_CUTS:
                 slow_cuts = True
@@ -739,6 +741,8 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
     if te_present and length >= 0:
         raise ValueError("both Transfer-Encoding and Content-Length in response head")
     chunked = last_coding != NULL and _eq_lower(last_coding, last_coding_n, b"chunked", 7)
+    if conn_close and close_line:   # a header named Close, and Connection names it
+        slow_cuts = True
     if not final or ncut == 0:
         cut = ()
     elif slow_cuts:
