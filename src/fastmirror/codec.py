@@ -386,8 +386,10 @@ class ResponseFramer:
             pos += self._feed_body(buf, pos)
         elif pos < len(buf):
             self.excess = self.close = True
-        if self._closing is not None:
-            self.close_client = close = self._closing(self._mode == _UNTIL_CLOSE)
+        closing = self._closing
+        if closing is not None:
+            self._closing = None  # asked once; and the framer no longer holds its connection
+            self.close_client = close = closing(self._mode == _UNTIL_CLOSE)
             insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
             if self._cut or insert:  # the head changes: one new buffer, head and body
                 return splice_head(buf, start, pos, head_at, head_end, self._cut, insert)
