@@ -3,7 +3,8 @@
 The protocol is a thin loop over the codec. One exchange runs at a time; bytes of
 pipelined requests wait in a bounded buffer, so responses go back in request order.
 Request bodies stream to the primary as they arrive (and, when sampled, are copied
-up to the mirror body cap); the primary's response streams back byte for byte.
+up to the mirror body cap); the primary's response streams back byte for byte, but
+for its head's hop-by-hop lines, which are the proxy's own (codec.ResponseFramer).
 Flow control is explicit: a slow side pauses reading on the other.
 """
 
