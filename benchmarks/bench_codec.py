@@ -6,7 +6,8 @@
 
 What a proxied request costs in fastmirror's sans-I/O modules: framing and validating
 the request head (`codec.parse_request_head`, a typical GET and a POST with headers),
-framing the primary's small response (`codec.ResponseFramer.feed`), the shadow's copy of
+framing the primary's small response (`codec.ResponseFramer.feed`: as a shadow's, untouched,
+and as the client's, nginx's `Connection: keep-alive` cut), the shadow's copy of
 the head (`mirror.shadow_request_head`: Host rewrite and the two marker headers) and the
 sampling decision (`router.mirror_decision`). Each runs with the compiled core and with
 its pure-Python twin (the `core` fixture in conftest.py); `h11_reference` is what
@@ -96,6 +97,29 @@ def test_response_framer_small(benchmark: Any) -> None:
 
     out, done = benchmark(frame)
     assert out == RESPONSE and done
+
+
+def _keep(until_close: bool) -> bool:
+    return until_close
+
+
+def _close(until_close: bool) -> bool:
+    return True
+
+
+@pytest.mark.benchmark(group="ResponseFramer.feed")
+@pytest.mark.parametrize("closing", [_keep, _close], ids=["client-keep-alive", "client-close"])
+def test_response_framer_client(benchmark: Any, closing: Any) -> None:
+    """What the client gets: nginx's Connection: keep-alive cut (and connection: close added)."""
+    def frame() -> tuple[bytes, bool]:
+        framer = codec.ResponseFramer(False, False, closing)
+        return framer.feed(RESPONSE), framer.done
+
+    out, done = benchmark(frame)
+    kept = RESPONSE.replace(b"Connection: keep-alive\r\n", b"")
+    if closing is _close:
+        kept = kept.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    assert out == kept and done
 
 
 @pytest.mark.benchmark(group="shadow_request_head")

@@ -88,7 +88,23 @@ def test_shadow_head(benchmark: Any, core: ModuleType) -> None:
 
 @pytest.mark.benchmark(group="parse_response_head")
 def test_parse_response_head(benchmark: Any, core: ModuleType) -> None:
-    assert benchmark(core.parse_response_head, RESPONSE) == (200, 1, 1234, False, False)
+    # nginx-like: Connection: keep-alive is the one hop-by-hop line to cut
+    assert benchmark(core.parse_response_head, RESPONSE) == (200, 1, 1234, False, False, (69, 93))
+
+
+@pytest.mark.benchmark(group="parse_response_head")
+def test_parse_response_head_no_hop(benchmark: Any, core: ModuleType) -> None:
+    head = RESPONSE.replace(b"Connection: keep-alive\r\n", b"")
+    assert benchmark(core.parse_response_head, head) == (200, 1, 1234, False, False, ())
+
+
+@pytest.mark.benchmark(group="splice_head")
+def test_splice_head_cut_keep_alive(benchmark: Any, core: ModuleType) -> None:
+    """The client's copy of the primary's head plus a 1234-byte body, one allocation."""
+    buf = RESPONSE + bytes(1234)
+    cut = core.parse_response_head(RESPONSE)[5]
+    out = benchmark(core.splice_head, buf, 0, len(buf), 0, len(RESPONSE), cut, b"")
+    assert len(out) == len(buf) - 24
 
 
 @pytest.mark.benchmark(group="chunked_64k")

@@ -113,8 +113,10 @@ class ChunkedScanner:
             ValueError: start is outside 0..len(buf).
         """
 
-def parse_response_head(head: bytes | bytearray | memoryview) -> tuple[int, int, int, bool, bool]:
-    """(status, minor, content_length, chunked, close) of a response head ending in CRLFCRLF.
+def parse_response_head(
+    head: bytes | bytearray | memoryview,
+) -> tuple[int, int, int, bool, bool, tuple[int, ...]]:
+    """(status, minor, content_length, chunked, close, cut) of a response head ending in CRLFCRLF.
 
     Status line `HTTP/1.<d> <3 digits>[ <reason>]`, status >= 100. content_length is -1
     when absent. chunked: the last transfer-coding is `chunked`. close: a Connection
@@ -122,12 +124,34 @@ def parse_response_head(head: bytes | bytearray | memoryview) -> tuple[int, int,
     last (the body then runs to the close). Names match in any case; OWS around values
     is ignored.
 
+    cut: the hop-by-hop lines of a final head (status >= 200; a 1xx head, 101 included,
+    gives ()): every Connection, Keep-Alive, Proxy-Connection and Upgrade line and every
+    line whose name is a Connection token (`close` included), in any case, as flat
+    `(start, end)` offset pairs into head, ascending: each span is the line with the CRLF
+    before it, so `head[:start] + head[end:]` removes it. () when there is nothing to cut.
+
     Raises:
         ValueError: a malformed status line; a bare CR or LF; an empty line, obs-fold,
             whitespace before a colon or no colon in a header line; a Content-Length
             that is not 1-18 digits or disagrees with another; Content-Length together
             with Transfer-Encoding (RFC 9112 6.3: an intermediary that forwards bytes
             untouched cannot remove it, so it refuses the message).
+    """
+
+def splice_head(buf: bytes | bytearray | memoryview, start: int, stop: int, head_at: int,
+                head_end: int, cut: tuple[int, ...],
+                insert: bytes | bytearray | memoryview) -> bytes:
+    """buf[start:stop], with the head buf[head_at:head_end] rewritten, as one new bytes.
+
+    The spans of cut (pairs of offsets into the head, as parse_response_head returns
+    them) are left out and insert goes right before the head's final CRLF; every other
+    byte, before the head (interim responses) and after it (body), is copied as is.
+
+    Raises:
+        ValueError: not 0 <= start <= head_at, head_at + 4 <= head_end <= stop <= len(buf);
+            an odd-length cut, or spans not ascending and disjoint inside the head
+            before its final CRLF.
+        TypeError: cut is not a tuple, or buf/insert not a buffer.
     """
 
 REQ_CONN_CLOSE: Final[int]       # 1: a Connection header has the token "close"

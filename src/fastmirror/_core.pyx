@@ -59,6 +59,7 @@ __all__ = (
     "sample",
     "seed_random",
     "shadow_head",
+    "splice_head",
 )
 
 PPM_SCALE = 1_000_000
@@ -728,14 +729,78 @@ cdef inline bint _all_digits(const unsigned char* p, Py_ssize_t n) noexcept:
     return True
 
 
+cdef enum:
+    MAX_FAST_CUTS = 8   # hop-by-hop lines cut in the scan; more go to _hop_cuts_slow
+
+
+cdef inline bint _is_hop_name(const unsigned char* p, Py_ssize_t n) noexcept:
+    """A response header that is the proxy's own: Connection, Keep-Alive, Proxy-Connection,
+    Upgrade (the only caller skips 1xx heads, so a 101's Upgrade is never cut)."""
+    return ((n == 10 and (_eq_lower(p, 10, b"connection", 10) or _eq_lower(p, 10, b"keep-alive", 10)))
+            or (n == 16 and _eq_lower(p, 16, b"proxy-connection", 16))
+            or (n == 7 and _eq_lower(p, 7, b"upgrade", 7)))
+
+
+cdef inline bint _is_framing_name(const unsigned char* p, Py_ssize_t n) noexcept:
+    """Content-Length or Transfer-Encoding: never cut, even when Connection names them,
+    since the body is forwarded in the framing they describe."""
+    return _eq_lower(p, n, b"content-length", 14) or _eq_lower(p, n, b"transfer-encoding", 17)
+
+
+cdef bint _named_in(const unsigned char* p, Py_ssize_t s, Py_ssize_t colon, list values):
+    """p[s:colon] equals (in any case) a token of one of the Connection values."""
+    cdef Py_ssize_t i, vs, ve, ts, te
+    for i in range(0, len(values), 2):
+        vs = values[i]
+        ve = values[i + 1]
+        while vs < ve:
+            vs = _list_element(p, vs, ve, &ts, &te)
+            if te - ts == colon - s:
+                for k in range(te - ts):
+                    if _LOWER[p[ts + k]] != _LOWER[p[s + k]]:
+                        break
+                else:
+                    return True
+    return False
+
+
+cdef tuple _hop_cuts_slow(const unsigned char* p, Py_ssize_t n):
+    """The cut spans of a validated final head whose Connection names other headers
+    (or with more than MAX_FAST_CUTS hop-by-hop lines): two passes, no limit."""
+    cdef Py_ssize_t s, r, colon, vs, ve
+    cdef const unsigned char* q
+    values = []
+    cuts = []
+    cdef int pass_
+    for pass_ in range(2):
+        s = <const unsigned char*>memchr(p, 0x0d, n) - p + 2   # past the status line
+        while s < n - 2:
+            r = <const unsigned char*>memchr(p + s, 0x0d, n - s) - p
+            colon = <const unsigned char*>memchr(p + s, c':', r - s) - p
+            if pass_ == 0:
+                if _eq_lower(p + s, colon - s, b"connection", 10):
+                    vs = colon + 1
+                    ve = r
+                    values.append(vs)
+                    values.append(ve)
+            elif _is_hop_name(p + s, colon - s) or (
+                    _named_in(p, s, colon, values) and not _is_framing_name(p + s, colon - s)):
+                cuts.append(s - 2)
+                cuts.append(r)
+            s = r + 2
+    return tuple(cuts)
+
+
 cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
-    cdef Py_ssize_t s, r, colon, k, vs, ve, ts, te
+    cdef Py_ssize_t s, r, colon, k, vs, ve, ts, te, ms
     cdef const unsigned char* q
     cdef const unsigned char* last_coding = NULL
     cdef Py_ssize_t last_coding_n = 0
-    cdef int status = 0, minor = 0
+    cdef int status = 0, minor = 0, ncut = 0
+    cdef Py_ssize_t cut_at[2 * MAX_FAST_CUTS]
     cdef int64_t length = -1, value
     cdef bint te_present = False, conn_close = False, conn_keep_alive = False, chunked
+    cdef bint final = False, hop, slow_cuts = False, close_line = False
     if n < 4 or memcmp(p + n - 4, b"\r\n\r\n", 4) != 0:
         raise ValueError("response head must end with CRLF CRLF")
     s = 0
@@ -753,6 +818,7 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
             status = (p[9] - c'0') * 100 + (p[10] - c'0') * 10 + (p[11] - c'0')
             if status < 100:
                 raise ValueError("malformed status line")
+            final = status >= 200   # 1xx heads (101 too) pass untouched: nothing to cut
             s = r + 2
             continue
         if r == s:
@@ -774,7 +840,9 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
             vs += 1
         while ve > vs and _is_ows(p[ve - 1]):
             ve -= 1
-        if _eq_lower(p + s, colon - s, b"content-length", 14):
+        ms = colon - s
+        hop = False
+        if _eq_lower(p + s, ms, b"content-length", 14):
             if not (1 <= ve - vs <= 18 and _all_digits(p + vs, ve - vs)):
                 raise ValueError("invalid Content-Length")
             value = 0
@@ -783,31 +851,61 @@ cdef tuple _parse_response(const unsigned char* p, Py_ssize_t n):
             if length >= 0 and value != length:
                 raise ValueError("conflicting Content-Length headers")
             length = value
-        elif _eq_lower(p + s, colon - s, b"transfer-encoding", 17):
+        elif _eq_lower(p + s, ms, b"transfer-encoding", 17):
             te_present = True
             while vs < ve:   # keep the last non-empty list element
                 vs = _list_element(p, vs, ve, &ts, &te)
                 if te > ts:
                     last_coding = p + ts
                     last_coding_n = te - ts
-        elif _eq_lower(p + s, colon - s, b"connection", 10):
+        elif _eq_lower(p + s, ms, b"connection", 10):
+            hop = True
             while vs < ve:
                 vs = _list_element(p, vs, ve, &ts, &te)
-                if _eq_lower(p + ts, te - ts, b"close", 5):
-                    conn_close = True
-                elif _eq_lower(p + ts, te - ts, b"keep-alive", 10):
-                    conn_keep_alive = True
+                if _eq_lower(p + ts, te - ts, b"keep-alive", 10):
+                    conn_keep_alive = True   # names Keep-Alive, which is cut anyway
+                elif _eq_lower(p + ts, te - ts, b"close", 5):
+                    conn_close = True        # names Close: see close_line
+                elif te > ts:
+                    # Any other token names a header to cut too (RFC 9110 7.6.1), which
+                    # may come before this line: a second pass finds those.
+                    slow_cuts = True
+        elif _is_hop_name(p + s, ms):
+            hop = True
+        elif ms == 5 and _eq_lower(p + s, 5, b"close", 5):
+            close_line = True
+        if hop and final:
+            if ncut == MAX_FAST_CUTS:
+                slow_cuts = True
+            else:
+                cut_at[2 * ncut] = s - 2   # the line with the CRLF before it
+                cut_at[2 * ncut + 1] = r
+                ncut += 1
         s = r + 2
     if te_present and length >= 0:
         raise ValueError("both Transfer-Encoding and Content-Length in response head")
     chunked = last_coding != NULL and _eq_lower(last_coding, last_coding_n, b"chunked", 7)
+    if conn_close and close_line:   # a header named Close, and Connection names it
+        slow_cuts = True
+    if not final or ncut == 0:
+        cut = ()
+    elif slow_cuts:
+        cut = _hop_cuts_slow(p, n)
+    elif ncut == 1:
+        cut = (cut_at[0], cut_at[1])
+    else:
+        cut = tuple([cut_at[k] for k in range(2 * ncut)])
     # Not chunked but Transfer-Encoding: the body runs to the close (RFC 9112 6.3).
     return (status, minor, length, chunked,
-            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked))
+            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked),
+            cut)
 
 
 def parse_response_head(head):
-    """(status, minor, content_length, chunked, close) of a response head.
+    """(status, minor, content_length, chunked, close, cut) of a response head.
+
+    cut: the hop-by-hop lines of a final (>= 200) head, as flat (start, end) offset
+    pairs, ascending, each the line with the CRLF before it; () when there are none.
 
     Raises:
         ValueError: malformed status line or header line, bare CR/LF, obs-fold,
@@ -817,6 +915,59 @@ def parse_response_head(head):
     PyObject_GetBuffer(head, &v, PyBUF_SIMPLE)
     try:
         return _parse_response(<const unsigned char*>v.buf, v.len)
+    finally:
+        PyBuffer_Release(&v)
+
+
+def splice_head(buf, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t head_at,
+                Py_ssize_t head_end, tuple cut not None, insert):
+    """buf[start:stop] with the head buf[head_at:head_end] rewritten in one allocation.
+
+    The spans of cut (offset pairs into the head, as parse_response_head gives them)
+    are removed and insert is placed right before the head's final CRLF.
+
+    Raises:
+        ValueError: positions out of order or outside buf; a bad cut.
+    """
+    cdef Py_buffer v, iv
+    cdef Py_ssize_t i, a, b, prev = 0, size, at = 0, pos, head_n = head_end - head_at
+    cdef Py_ssize_t nc = len(cut)
+    cdef const char* p
+    cdef char* dst
+    PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(insert, &iv, PyBUF_SIMPLE)
+        try:
+            if not (0 <= start <= head_at and head_at + 4 <= head_end <= stop <= v.len):
+                raise ValueError("splice_head: positions out of order")
+            if nc % 2:
+                raise ValueError("splice_head: cut must hold (start, end) pairs")
+            size = stop - start + iv.len
+            for i in range(0, nc, 2):
+                a = cut[i]
+                b = cut[i + 1]
+                if not (prev <= a <= b <= head_n - 2):
+                    raise ValueError("splice_head: cut spans out of order")
+                size -= b - a
+                prev = b
+            p = <const char*>v.buf
+            out = PyBytes_FromStringAndSize(NULL, size)
+            dst = PyBytes_AS_STRING(out)
+            pos = start
+            for i in range(0, nc, 2):
+                a = head_at + <Py_ssize_t>cut[i]
+                memcpy(dst + at, p + pos, a - pos)
+                at += a - pos
+                pos = head_at + <Py_ssize_t>cut[i + 1]
+            a = head_end - 2
+            memcpy(dst + at, p + pos, a - pos)
+            at += a - pos
+            memcpy(dst + at, iv.buf, iv.len)
+            at += iv.len
+            memcpy(dst + at, p + a, stop - a)
+            return out
+        finally:
+            PyBuffer_Release(&iv)
     finally:
         PyBuffer_Release(&v)
 

@@ -40,6 +40,7 @@ __all__ = (
     "sample",
     "seed_random",
     "shadow_head",
+    "splice_head",
 )
 
 PPM_SCALE = 1_000_000
@@ -532,8 +533,17 @@ def _list_elements(value: bytes | bytearray) -> list[bytes | bytearray]:
     return [e for e in (part.strip(_OWS) for part in value.split(b",")) if e]
 
 
-def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
-    """(status, minor, content_length, chunked, close) of a response head.
+_HOP_NAMES = (b"connection", b"keep-alive", b"proxy-connection", b"upgrade")
+# Never cut, even when Connection names them: the body is forwarded in their framing.
+_FRAMING_NAMES = (b"content-length", b"transfer-encoding")
+
+
+def parse_response_head(
+        head: bytes) -> tuple[int, int, int, bool, bool, tuple[int, ...]]:
+    """(status, minor, content_length, chunked, close, cut) of a response head.
+
+    cut: the hop-by-hop lines of a final (>= 200) head, as flat (start, end) offset
+    pairs, ascending, each the line with the CRLF before it; () when there are none.
 
     Raises:
         ValueError: malformed status line or header line, bare CR/LF, obs-fold,
@@ -553,6 +563,9 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
     length = -1
     te_present = conn_close = conn_keep_alive = False
     last_coding: bytes | bytearray = b""
+    named: set[bytes] = set()    # Connection tokens: the headers they name are cut too
+    spans: list[tuple[int, int, bytes]] = []   # (start, end, lower-case name) of each line
+    at = len(status_line) + 2
     for line in lines[1:]:
         if b"\r" in line or b"\n" in line:
             raise ValueError("bare CR or LF in response head")
@@ -567,6 +580,8 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
         if b" " in name or b"\t" in name:
             raise ValueError("whitespace before colon in response header")
         name = name.lower()
+        spans.append((at - 2, at + len(line), bytes(name)))
+        at += len(line) + 2
         value = line[colon + 1:].strip(_OWS)
         if name == b"content-length":
             if not (1 <= len(value) <= 18 and value.isdigit()):
@@ -582,6 +597,7 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
         elif name == b"connection":
             for token in _list_elements(value):
                 token = token.lower()
+                named.add(bytes(token))
                 if token == b"close":
                     conn_close = True
                 elif token == b"keep-alive":
@@ -589,9 +605,49 @@ def parse_response_head(head: bytes) -> tuple[int, int, int, bool, bool]:
     if te_present and length >= 0:
         raise ValueError("both Transfer-Encoding and Content-Length in response head")
     chunked = last_coding.lower() == b"chunked"
+    cut: tuple[int, ...] = ()
+    if status >= 200:   # 1xx heads (101 too) pass untouched
+        cut = tuple(x for start, end, name in spans
+                    if name in _HOP_NAMES or (name in named and name not in _FRAMING_NAMES)
+                    for x in (start, end))
     # Not chunked but Transfer-Encoding: the body runs to the close (RFC 9112 6.3).
     return (status, minor, length, chunked,
-            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked))
+            conn_close or (minor == 0 and not conn_keep_alive) or (te_present and not chunked),
+            cut)
+
+
+def splice_head(buf: bytes | bytearray | memoryview, start: int, stop: int, head_at: int,
+                head_end: int, cut: tuple[int, ...], insert: bytes) -> bytes:
+    """buf[start:stop] with the head buf[head_at:head_end] rewritten in one allocation.
+
+    The spans of cut (offset pairs into the head, as parse_response_head gives them)
+    are removed and insert is placed right before the head's final CRLF.
+
+    Raises:
+        ValueError: positions out of order or outside buf; a bad cut.
+    """
+    data = _as_view(buf)
+    extra = bytes(_as_view(insert))
+    start, stop, head_at, head_end = map(operator.index, (start, stop, head_at, head_end))
+    if not isinstance(cut, tuple):
+        raise TypeError("cut must be a tuple")
+    if not (0 <= start <= head_at and head_at + 4 <= head_end <= stop <= len(data)):
+        raise ValueError("splice_head: positions out of order")
+    if len(cut) % 2:
+        raise ValueError("splice_head: cut must hold (start, end) pairs")
+    prev = 0
+    for i in range(0, len(cut), 2):
+        a, b = operator.index(cut[i]), operator.index(cut[i + 1])
+        if not (prev <= a <= b <= head_end - head_at - 2):
+            raise ValueError("splice_head: cut spans out of order")
+        prev = b
+    pieces = []
+    pos = start
+    for i in range(0, len(cut), 2):
+        pieces.append(data[pos:head_at + cut[i]])
+        pos = head_at + cut[i + 1]
+    pieces += [data[pos:head_end - 2], extra, data[head_end - 2:stop]]
+    return b"".join(pieces)
 
 
 # -- request heads: the strict fast path ----------------------------------------------

@@ -15,6 +15,7 @@ This module does no I/O: bytes in, decisions and byte counts out.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import h11
 
@@ -27,6 +28,7 @@ from .hotpath import (
     find_head_end,
     parse_request_fast,
     parse_response_head,
+    splice_head,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "BodyFramer",
     "ResponseFramer",
     "ResponseError",
+    "closes_after",
     "parse_request_head",
     "check_partial_head",
     "skip_empty_lines",
@@ -396,6 +399,30 @@ class BodyFramer:
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 MAX_RESPONSE_HEAD = 65536
 
+# The proxy's own hop-by-hop line in a response it forwards (the primary's are cut).
+CLOSE_LINE = b"connection: close\r\n"
+# An HTTP/1.0 response persists only when it says so (RFC 9112 9.3): the primary's
+# keep-alive was cut, so the proxy says it for the client connection it keeps.
+KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
+
+
+def closes_after(keep_alive: bool, body_complete: bool, client_done: bool,
+                 until_close: bool) -> bool:
+    """Whether the proxy closes the client connection after the response going out now.
+
+    Decided when the response head is forwarded, so the head can say so
+    (`connection: close`) and the client does not send a request that will be lost.
+
+    keep_alive: the client may send another request and the proxy is willing to read it
+        (False for `Connection: close`, HTTP/1.0, a drain, a recycled connection).
+    body_complete: the whole request body has been read (an early answer leaves the
+        rest unread, so the connection cannot be reused).
+    client_done: the client half-closed and no further complete request is buffered.
+    until_close: the response body is delimited by the primary's close, so for the
+        client only by ours.
+    """
+    return not keep_alive or not body_complete or client_done or until_close
+
 
 class ResponseFramer:
     """Frames one upstream response; `feed` returns the bytes to pass on now.
@@ -403,12 +430,20 @@ class ResponseFramer:
     Interim 1xx responses (100 Continue) are passed on and framing continues with the
     final response, except to an HTTP/1.0 client, which must not get them (RFC 9110
     section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel.
+
+    With `closing` (the client side), the final head's hop-by-hop lines are the proxy's
+    own: the primary's are cut, and `closing(until_close)`, called once as the head goes
+    out, says whether the proxy closes the client connection after this response (then
+    the head says `connection: close`, and `close_client` is True). 1xx heads pass as
+    they are. Without it (a shadow's response, which nobody reads) heads pass untouched.
     """
 
     __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
-                 "_head", "_mode", "_remaining", "_scanner")
+                 "close_client", "_closing", "_head", "_mode", "_remaining", "_scanner",
+                 "_minor", "_cut")
 
-    def __init__(self, head_request: bool, drop_interim: bool = False) -> None:
+    def __init__(self, head_request: bool, drop_interim: bool = False,
+                 closing: Callable[[bool], bool] | None = None) -> None:
         self.head_only = head_request
         self.drop_interim = drop_interim
         self.status = 0          # final status, 0 until its head is complete
@@ -416,10 +451,14 @@ class ResponseFramer:
         self.close = False       # the upstream connection cannot be reused
         self.upgraded = False
         self.excess = False      # bytes arrived after the end of the response
+        self.close_client = False  # the forwarded head announced `connection: close`
+        self._closing = closing
         self._head = b""
         self._mode = _NONE
         self._remaining = 0
         self._scanner: ChunkedScanner | None = None
+        self._minor = 1
+        self._cut: tuple[int, ...] = ()
 
     def feed(self, data: bytes) -> bytes:
         """Consume upstream bytes; return the prefix that belongs to this response.
@@ -438,7 +477,7 @@ class ResponseFramer:
 
     def _feed_head(self, data: bytes) -> bytes:
         buf = self._head + data if self._head else data
-        pos = start = 0  # start: where the bytes to pass on begin
+        pos = start = head_at = 0  # start: where the bytes to pass on begin
         while not self.status:
             end = find_head_end(buf, pos)
             if end < 0:
@@ -446,28 +485,38 @@ class ResponseFramer:
                     raise ResponseError("response head too large")
                 self._head = buf[pos:]
                 return buf[start:pos]  # interim responses complete so far
-            self._start_body(buf[pos:end])
-            pos = end
+            self._start_body(buf if pos == 0 and end == len(buf) else buf[pos:end])
+            head_at, pos = pos, end
             if not self.status and self.drop_interim:
                 start = pos
         self._head = b""
         if self.upgraded:
             return buf[start:]  # what follows a 101 is already tunnel data
+        head_end = pos
         if not self.done:
             pos += self._feed_body(buf, pos)
         elif pos < len(buf):
             self.excess = self.close = True
+        closing = self._closing
+        if closing is not None:
+            self._closing = None  # asked once; and the framer no longer holds its connection
+            self.close_client = close = closing(self._mode == _UNTIL_CLOSE)
+            insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
+            if self._cut or insert:  # the head changes: one new buffer, head and body
+                return splice_head(buf, start, pos, head_at, head_end, self._cut, insert)
         return buf if start == 0 and pos == len(buf) else buf[start:pos]
 
     def _start_body(self, head: bytes) -> None:
         try:
-            status, minor, length, chunked, close = parse_response_head(head)
+            status, minor, length, chunked, close, cut = parse_response_head(head)
         except ValueError as exc:
             raise ResponseError(f"bad response head: {exc}") from None
         if 100 <= status < 200 and status != 101:
             return  # interim response: passed on; the final one follows
         self.status = status
         self.close = close
+        self._minor = minor
+        self._cut = cut
         if status == 101:
             self.upgraded = self.close = self.done = True
         elif self.head_only or status in (204, 304):

@@ -266,7 +266,7 @@ def parse_captured(raw: bytes, head_request: bool = False) -> Captured | None:
             if end < 0 or end - pos > _MAX_HEAD:
                 return None
             head = raw[pos:end]
-            status, _minor, length, chunked, _close = parse_response_head(head)
+            status, _minor, length, chunked, _close, _cut = parse_response_head(head)
             if check_head(head):
                 return None
             if status >= 200 or status == 101:

@@ -3,7 +3,8 @@
 The protocol is a thin loop over the codec. One exchange runs at a time; bytes of
 pipelined requests wait in a bounded buffer, so responses go back in request order.
 Request bodies stream to the primary as they arrive (and, when sampled, are copied
-up to the mirror body cap); the primary's response streams back byte for byte.
+up to the mirror body cap); the primary's response streams back byte for byte, but
+for its head's hop-by-hop lines, which are the proxy's own (codec.ResponseFramer).
 Flow control is explicit: a slow side pauses reading on the other.
 """
 
@@ -21,6 +22,7 @@ from .codec import (
     ResponseError,
     ResponseFramer,
     check_partial_head,
+    closes_after,
     error_response,
     find_head_end,
     parse_request_head,
@@ -225,7 +227,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.head = head
         self.started = time.monotonic()
         self.deadline = self.started + s.primary_timeout
-        self.framer = ResponseFramer(head.method == b"HEAD", head.http10)
+        self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after)
         self.keep_alive = head.keep_alive and not ctx.draining and not self.close_after_response
         ctx.registry.downstream_requests += 1
         if head.has_body:
@@ -367,6 +369,14 @@ class DownstreamProtocol(asyncio.Protocol):
         elif not self.writing_paused:  # the timeout is between reads once the response began
             self.deadline = time.monotonic() + self.settings.primary_timeout
 
+    def _closes_after(self, until_close: bool) -> bool:
+        """The framer asks as the response head goes out: will the client connection close?"""
+        return closes_after(
+            self.keep_alive, self.body is None,
+            # after a half-close, a complete request still buffered gets its answer first
+            self.client_eof and find_head_end(self.buf, 0) < 0,
+            until_close)
+
     def upstream_eof(self) -> None:
         if self.tunnel:
             if self.transport.can_write_eof():
@@ -419,8 +429,10 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 conn.pool.release(conn)
         # An early answer leaves the rest of the body unread; a body delimited by the
-        # primary's close can only be delimited for the client by ours.
-        if request_incomplete or not self.keep_alive or framer.until_close:
+        # primary's close can only be delimited for the client by ours. A head that said
+        # `connection: close` is kept to even if the reason went away (the body ended).
+        if (framer.close_client or request_incomplete or not self.keep_alive
+                or framer.until_close):
             self.head = None  # logged above; connection_lost must not log it again
             self._close()
             return
@@ -464,7 +476,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.upstream.close()
             self.upstream = None
             self.pending = [head.forward]
-            self.framer = ResponseFramer(head.method == b"HEAD", head.http10)
+            self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after)
             asyncio.get_running_loop().create_task(self._connect_primary(self.seq))
             return
         self._primary_failed(502, "primary closed the connection")

@@ -43,6 +43,7 @@ __all__ = (
     "sample",
     "seed_random",
     "shadow_head",
+    "splice_head",
 )
 
 NO_EXTENSIONS = os.environ.get("FASTMIRROR_NO_EXTENSIONS", "") not in ("", "0")
@@ -89,6 +90,7 @@ MAX_CHUNK_SIZE = _impl.MAX_CHUNK_SIZE
 FORBIDDEN_TRAILERS = _impl.FORBIDDEN_TRAILERS
 ChunkedScanner = _impl.ChunkedScanner
 parse_response_head = _impl.parse_response_head
+splice_head = _impl.splice_head
 parse_request_fast = _impl.parse_request_fast
 REQ_CONN_CLOSE = _impl.REQ_CONN_CLOSE
 REQ_CONN_KEEP_ALIVE = _impl.REQ_CONN_KEEP_ALIVE

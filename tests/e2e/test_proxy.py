@@ -429,6 +429,9 @@ def test_websocket_upgrade_is_tunnelled_and_not_mirrored(run_proxy, primary, sha
         resp = read_response(sock)
         assert resp.status == 101
         assert resp.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        # a 101's hop-by-hop headers are the handshake: passed on as the primary sent them
+        assert resp.raw.startswith(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                                   b"connection: Upgrade\r\n")
         for payload in (b"\x81\x05hello", b"\x00\xff raw bytes \r\n\r\n GET / HTTP/1.1\r\n\r\n", pattern(100_000)):
             sock.sendall(payload)
             assert recv_exactly(sock, len(payload)) == payload

@@ -446,20 +446,20 @@ def test_chunked_scanner_property(body: bytes, trailing: bytes, data: st.DataObj
 # -- response heads ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("head", "expected"), [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", (200, 1, 12, False, False)),
-    (b"HTTP/1.1 204\r\n\r\n", (204, 1, -1, False, False)),
-    (b"HTTP/1.1 404 \r\n\r\n", (404, 1, -1, False, False)),
-    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", (200, 0, 0, False, True)),
-    (b"HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\n\r\n", (200, 0, -1, False, False)),
-    (b"HTTP/1.1 200 OK\r\nConnection: upgrade, CLOSE \r\n\r\n", (200, 1, -1, False, True)),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\tChunked\t\r\n\r\n", (200, 1, -1, True, False)),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", (200, 1, 12, False, False, ())),
+    (b"HTTP/1.1 204\r\n\r\n", (204, 1, -1, False, False, ())),
+    (b"HTTP/1.1 404 \r\n\r\n", (404, 1, -1, False, False, ())),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", (200, 0, 0, False, True, ())),
+    (b"HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\n\r\n", (200, 0, -1, False, False, (15, 39))),
+    (b"HTTP/1.1 200 OK\r\nConnection: upgrade, CLOSE \r\n\r\n", (200, 1, -1, False, True, (15, 44))),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\tChunked\t\r\n\r\n", (200, 1, -1, True, False, ())),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked,\r\n\r\n",
-     (200, 1, -1, True, False)),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", (200, 1, -1, False, True)),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:5\r\n\r\n", (200, 1, 5, False, False)),
+     (200, 1, -1, True, False, ())),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", (200, 1, -1, False, True, ())),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:5\r\n\r\n", (200, 1, 5, False, False, ())),
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-     (101, 1, -1, False, False)),
-    (b"HTTP/1.1 200 \xc3\xa9\x01 reason\r\nX-Empty:\r\n\r\n", (200, 1, -1, False, False)),
+     (101, 1, -1, False, False, ())),
+    (b"HTTP/1.1 200 \xc3\xa9\x01 reason\r\nX-Empty:\r\n\r\n", (200, 1, -1, False, False, ())),
 ])
 def test_parse_response_head(core: ModuleType, head: bytes, expected: tuple[Any, ...]) -> None:
     assert core.parse_response_head(head) == expected
@@ -484,6 +484,118 @@ def test_parse_response_head(core: ModuleType, head: bytes, expected: tuple[Any,
 def test_parse_response_head_rejects(core: ModuleType, head: bytes) -> None:
     with pytest.raises(ValueError):
         core.parse_response_head(head)
+
+
+def _cut_out(head: bytes, cut: tuple[int, ...]) -> bytes:
+    out, pos = [], 0
+    for k in range(0, len(cut), 2):
+        out.append(head[pos:cut[k]])
+        pos = cut[k + 1]
+    return b"".join(out) + head[pos:]
+
+
+_KA = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n"
+
+
+@pytest.mark.parametrize(("head", "kept"), [
+    # nginx as the primary: the common case, one line cut
+    (_KA + b"Connection: keep-alive\r\n\r\n", _KA + b"\r\n"),
+    (_KA + b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n", _KA + b"X-A: 1\r\n\r\n"),
+    (_KA + b"PROXY-connection: keep-alive\r\nkeep-alive: timeout=5\r\nUpgrade: h2c\r\n\r\n", _KA + b"\r\n"),
+    # a named header before and after the Connection line, in any case; close names "Close"
+    (b"HTTP/1.1 200 OK\r\nX-Trace: 1\r\nConnection: x-trace, close, X-Other\r\nx-other: 2\r\n"
+     b"Close: 3\r\nX-Keep: 4\r\n\r\n", b"HTTP/1.1 200 OK\r\nX-Keep: 4\r\n\r\n"),
+    (b"HTTP/1.1 200 OK\r\nConnection: ,, a ,\r\nConnection: b\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nC: 3\r\n\r\n"),
+    # framing is never cut, even when named: the body keeps the framing it was sent in
+    (b"HTTP/1.1 200 OK\r\nConnection: Content-Length, transfer-encoding\r\nContent-Length: 2\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+    # more hop-by-hop lines than the compiled scan keeps: the second pass finds them all
+    (b"HTTP/1.1 200 OK\r\n" + b"Keep-Alive: 1\r\nX: y\r\n" * 10 + b"\r\n",
+     b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 10 + b"\r\n"),
+    # 1xx heads, 101 included, pass untouched
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+    (b"HTTP/1.1 100 Continue\r\nConnection: x\r\nX: 1\r\n\r\n",
+     b"HTTP/1.1 100 Continue\r\nConnection: x\r\nX: 1\r\n\r\n"),
+    (b"HTTP/1.1 204 No Content\r\nConnectionx: 1\r\nX-Keep-Alive: 1\r\n\r\n",
+     b"HTTP/1.1 204 No Content\r\nConnectionx: 1\r\nX-Keep-Alive: 1\r\n\r\n"),
+])
+def test_parse_response_head_cut(core: ModuleType, head: bytes, kept: bytes) -> None:
+    cut = core.parse_response_head(head)[5]
+    assert _cut_out(head, cut) == kept
+    assert core.splice_head(head, 0, len(head), 0, len(head), cut, b"") == kept
+
+
+def test_splice_head(core: ModuleType) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    head = _KA + b"Connection: keep-alive\r\n\r\n"
+    buf = b"<" + interim + head + b"ok" + b"NEXT"
+    at = 1 + len(interim)
+    cut = core.parse_response_head(head)[5]
+    out = core.splice_head(buf, 1, len(buf) - 4, at, at + len(head), cut, b"connection: close\r\n")
+    assert out == interim + _KA + b"connection: close\r\n\r\nok"
+    assert core.splice_head(bytearray(buf), at, at + len(head), at, at + len(head), (), b"") == head
+    assert core.splice_head(memoryview(head), 0, len(head), 0, len(head), (), b"A: 1\r\n") == (
+        head[:-2] + b"A: 1\r\n\r\n")
+    for args in [(2, len(buf), 1, len(buf), ()),            # start after the head
+                 (0, len(buf) + 1, 0, len(buf), ()),        # past the end
+                 (0, 10, 0, 3, ()),                         # a head shorter than CRLFCRLF
+                 (0, len(head), 0, len(head), (1,)),        # odd cut
+                 (0, len(head), 0, len(head), (5, 4)),      # a span backwards
+                 (0, len(head), 0, len(head), (4, 8, 6, 9)),  # overlapping spans
+                 (0, len(head), 0, len(head), (0, len(head) - 1))]:  # into the final CRLF
+        with pytest.raises(ValueError):
+            core.splice_head(head + b"ok", *args, b"")
+    with pytest.raises(TypeError):
+        core.splice_head(head, 0, len(head), 0, len(head), [0, 1], b"")
+
+
+_NAMES = [b"Connection", b"connection", b"Keep-Alive", b"Proxy-Connection", b"Upgrade",
+          b"Content-Length", b"Transfer-Encoding", b"X-A", b"x-a", b"Close", b"Date", b"A"]
+_TOKENS = [b"close", b"keep-alive", b"Keep-Alive", b"x-a", b"X-A", b"upgrade", b"date", b"a",
+           b"content-length", b"transfer-encoding", b"", b" ", b"zz"]
+
+
+@st.composite
+def response_heads(draw: st.DrawFn) -> bytes:
+    """Valid-looking response heads rich in hop-by-hop lines and Connection tokens."""
+    status = draw(st.sampled_from([b"100", b"101", b"103", b"200", b"204", b"304", b"404"]))
+    lines = [b"HTTP/1." + draw(st.sampled_from([b"0", b"1"])) + b" " + status + b" R"]
+    for name in draw(st.lists(st.sampled_from(_NAMES), max_size=12)):
+        if name.lower() == b"connection":
+            value = b",".join(draw(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=4)))
+        elif name.lower() == b"content-length":
+            value = b"2"
+        elif name.lower() == b"transfer-encoding":
+            value = b"chunked"
+        else:
+            value = draw(st.sampled_from([b"1", b"", b"v w"]))
+        lines.append(name + b":" + draw(st.sampled_from([b"", b" ", b"\t"])) + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@FAST
+@given(head=response_heads())
+def test_response_cut_property(head: bytes) -> None:
+    """The cut removes exactly the hop-by-hop lines, and nothing else, from final heads."""
+    lines = head[:-4].split(b"\r\n")
+    names = [line.split(b":", 1)[0].lower() for line in lines[1:]]
+    tokens = {t.strip(b" \t").lower() for line, name in zip(lines[1:], names)
+              if name == b"connection" for t in line.split(b":", 1)[1].split(b",")}
+    final = int(lines[0][9:12]) >= 200
+    expected = [lines[0]] + [
+        line for line, name in zip(lines[1:], names)
+        if not final or not (name in (b"connection", b"keep-alive", b"proxy-connection", b"upgrade")
+                             or (name in tokens and name not in (b"content-length",
+                                                                 b"transfer-encoding")))]
+    for m in AVAILABLE:
+        try:
+            cut = m.parse_response_head(head)[5]
+        except ValueError:   # CL with TE: refused whole, nothing to cut
+            assert b"content-length" in names and b"transfer-encoding" in names
+            continue
+        assert _cut_out(head, cut) == b"".join(line + b"\r\n" for line in expected) + b"\r\n"
 
 
 # -- parity: the twin is the oracle -----------------------------------------------------
@@ -529,6 +641,13 @@ def test_parity_heads(buf: bytes, start: int) -> None:
     both("find_head_end", bytearray(buf), start)
     both("check_head", buf)
     both("parse_response_head", buf)
+    try:
+        cut = _core_py.parse_response_head(buf)[5]
+    except ValueError:
+        cut = ()
+    n = len(buf)
+    both("splice_head", buf + b"body", 0, n + 4, 0, n, cut, b"connection: close\r\n")
+    both("splice_head", buf, max(start, 0), n, start, n, cut, b"")
     for suffix in (b"-shadow", b""):
         both("shadow_head", buf, suffix, b"X: 1\r\n")
 
@@ -550,6 +669,26 @@ def test_parity_chunked_scanner(body: bytes, cuts: list[int], max_line: int,
             results.append((res[0], res[1] if res[0] == "ok" else "error", s.done))
         assert results[0] == results[1], (body, prev, cut)
         prev = cut
+
+
+@parity
+@FAST
+@given(head=response_heads(), prefix=st.sampled_from([b"", b"HTTP/1.1 100 Continue\r\n\r\n"]),
+       body=st.binary(max_size=16), insert=st.sampled_from([b"", b"connection: close\r\n"]),
+       data=st.data())
+def test_parity_response_cut_and_splice(head: bytes, prefix: bytes, body: bytes, insert: bytes,
+                                        data: st.DataObject) -> None:
+    both("parse_response_head", head)
+    both("parse_response_head", bytearray(head))
+    try:
+        cut = _core_py.parse_response_head(head)[5]
+    except ValueError:
+        cut = data.draw(st.lists(st.integers(-2, len(head) + 2), max_size=4).map(tuple))
+    buf = prefix + head + body
+    at = len(prefix)
+    stop = data.draw(st.integers(at + len(head) - 1, len(buf) + 1))
+    both("splice_head", buf, 0, stop, at, at + len(head), cut, insert)
+    both("splice_head", memoryview(buf), at, len(buf), at, at + len(head), cut, insert)
 
 
 @st.composite
