@@ -429,7 +429,8 @@ class ResponseFramer:
 
     Interim 1xx responses (100 Continue) are passed on and framing continues with the
     final response, except to an HTTP/1.0 client, which must not get them (RFC 9110
-    section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel.
+    section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel,
+    when the request asked for one (`upgrade`); otherwise a 101 is a ResponseError.
 
     With `closing` (the client side), the final head's hop-by-hop lines are the proxy's
     own: the primary's are cut, and `closing(until_close)`, called once as the head goes
@@ -440,11 +441,12 @@ class ResponseFramer:
 
     __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
                  "close_client", "_closing", "_head", "_mode", "_remaining", "_scanner",
-                 "_minor", "_cut")
+                 "_minor", "_cut", "_upgrade")
 
     def __init__(self, head_request: bool, drop_interim: bool = False,
-                 closing: Callable[[bool], bool] | None = None) -> None:
+                 closing: Callable[[bool], bool] | None = None, upgrade: bool = False) -> None:
         self.head_only = head_request
+        self._upgrade = upgrade  # the request asked to switch protocols: a 101 may come
         self.drop_interim = drop_interim
         self.status = 0          # final status, 0 until its head is complete
         self.done = False
@@ -518,6 +520,10 @@ class ResponseFramer:
         self._minor = minor
         self._cut = cut
         if status == 101:
+            if not self._upgrade:
+                # RFC 9110 15.2.2: never without an Upgrade request. Tunnelling anyway
+                # would pass the client's next requests on unchecked.
+                raise ResponseError("101 Switching Protocols without an Upgrade request")
             self.upgraded = self.close = self.done = True
         elif self.head_only or status in (204, 304):
             self.done = True

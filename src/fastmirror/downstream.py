@@ -227,7 +227,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.head = head
         self.started = time.monotonic()
         self.deadline = self.started + s.primary_timeout
-        self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after)
+        self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after,
+                                     head.upgrade)
         self.keep_alive = head.keep_alive and not ctx.draining and not self.close_after_response
         ctx.registry.downstream_requests += 1
         if head.has_body:
@@ -476,7 +477,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.upstream.close()
             self.upstream = None
             self.pending = [head.forward]
-            self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after)
+            self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after,
+                                     head.upgrade)
             asyncio.get_running_loop().create_task(self._connect_primary(self.seq))
             return
         self._primary_failed(502, "primary closed the connection")

@@ -159,3 +159,24 @@ def test_a_client_stalling_mid_body_gets_408_and_the_primary_is_not_blamed(run_p
                             timeout=8)
         assert got.startswith(b"HTTP/1.1 408 ") and eof, got
         assert proxy.metric("fastmirror_responses_total", role="primary", code="error") == 0
+
+
+def test_101_without_an_upgrade_request_opens_no_tunnel(run_proxy):
+    """A primary that answers 101 to a plain request must not turn the client connection
+    into a tunnel: the client's next bytes would reach the primary unchecked (a request
+    the proxy refuses, here a lowercase method with an underscored framing header)."""
+    async def always_101(reader, writer, server):
+        await read_head(reader, server)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        await writer.drain()
+        server.requests.append(await reader.read(65536))  # whatever the proxy passes on
+        await asyncio.sleep(0.5)
+
+    with RawUpstream(always_101) as primary:
+        proxy = run_proxy(primary=primary.address)
+        smuggled = b"get /x HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc"
+        out, eof = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + smuggled, timeout=5)
+        assert out.startswith(b"HTTP/1.1 502 "), out[:200]
+        assert b"101" not in out and eof
+        time.sleep(0.3)
+        assert not any(b"get /x" in r for r in primary.requests), primary.requests

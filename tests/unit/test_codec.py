@@ -201,9 +201,16 @@ def test_premature_close_is_an_error():
 
 def test_101_switches_to_tunnel_with_trailing_bytes():
     data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x01a"
-    framer = ResponseFramer(False)
+    framer = ResponseFramer(False, upgrade=True)
     assert framer.feed(data) == data
     assert framer.upgraded and framer.done
+
+
+def test_101_without_an_upgrade_request_is_a_bad_response():
+    """A tunnel nobody asked for would pass the client's next requests on unchecked."""
+    framer = ResponseFramer(False)
+    with pytest.raises(ResponseError):
+        framer.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
 
 
 @pytest.mark.parametrize("bad", [b"HTTX/1.1 200 OK\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n",
@@ -386,14 +393,14 @@ NGINX_CUT = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nX-Hop: 1\
 
 
 def frame_client(data: bytes, step: int | None, close: bool, head_request: bool = False,
-                 drop_interim: bool = False) -> tuple[ResponseFramer, bytes, list[bool]]:
+                 drop_interim: bool = False, upgrade: bool = False) -> tuple[ResponseFramer, bytes, list[bool]]:
     asked: list[bool] = []
 
     def closing(until_close: bool) -> bool:
         asked.append(until_close)
         return close or until_close
 
-    framer = ResponseFramer(head_request, drop_interim, closing)
+    framer = ResponseFramer(head_request, drop_interim, closing, upgrade)
     pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
     out = b"".join(framer.feed(p) for p in pieces)
     return framer, out, asked
@@ -445,7 +452,7 @@ def test_interim_heads_pass_untouched_the_final_one_is_rewritten(step, drop):
 def test_101_passes_untouched_and_nobody_is_asked():
     data = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Keep-Alive: 1\r\n\r\n\x81\x01a")
-    framer, out, asked = frame_client(data, None, close=True)
+    framer, out, asked = frame_client(data, None, close=True, upgrade=True)
     assert out == data and framer.upgraded and asked == []
 
 
