@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import orjson
 import uvloop
@@ -201,7 +201,7 @@ class Shedder:
         self.due = keep
         self._add(later)
 
-    def _add(self, items: list[tuple[float, DownstreamProtocol, int | None]]) -> None:
+    def _add(self, items: Sequence[tuple[float, DownstreamProtocol, int | None]]) -> None:
         if items:
             self.due = sorted([*self.due, *items], key=lambda item: item[0])
 
