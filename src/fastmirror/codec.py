@@ -37,7 +37,6 @@ __all__ = [
     "BodyFramer",
     "ResponseFramer",
     "ResponseError",
-    "closes_after",
     "parse_request_head",
     "check_partial_head",
     "skip_empty_lines",
@@ -404,24 +403,6 @@ CLOSE_LINE = b"connection: close\r\n"
 # An HTTP/1.0 response persists only when it says so (RFC 9112 9.3): the primary's
 # keep-alive was cut, so the proxy says it for the client connection it keeps.
 KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
-
-
-def closes_after(keep_alive: bool, body_complete: bool, client_done: bool,
-                 until_close: bool) -> bool:
-    """Whether the proxy closes the client connection after the response going out now.
-
-    Decided when the response head is forwarded, so the head can say so
-    (`connection: close`) and the client does not send a request that will be lost.
-
-    keep_alive: the client may send another request and the proxy is willing to read it
-        (False for `Connection: close`, HTTP/1.0, a drain, a recycled connection).
-    body_complete: the whole request body has been read (an early answer leaves the
-        rest unread, so the connection cannot be reused).
-    client_done: the client half-closed and no further complete request is buffered.
-    until_close: the response body is delimited by the primary's close, so for the
-        client only by ours.
-    """
-    return not keep_alive or not body_complete or client_done or until_close
 
 
 class ResponseFramer:

@@ -22,7 +22,6 @@ from .codec import (
     ResponseError,
     ResponseFramer,
     check_partial_head,
-    closes_after,
     error_response,
     find_head_end,
     parse_request_head,
@@ -371,12 +370,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self.deadline = time.monotonic() + self.settings.primary_timeout
 
     def _closes_after(self, until_close: bool) -> bool:
-        """The framer asks as the response head goes out: will the client connection close?"""
-        return closes_after(
-            self.keep_alive, self.body is None,
-            # after a half-close, a complete request still buffered gets its answer first
-            self.client_eof and find_head_end(self.buf, 0) < 0,
-            until_close)
+        """The framer asks as the response head goes out: will the client connection close?
+
+        Decided then, so the head can say `connection: close` and the client sends no
+        request that would be lost. It closes when the proxy will not read another
+        request (not keep_alive: `Connection: close`, HTTP/1.0, a drain, a recycled
+        connection), when the request body is not all read (an early answer), when the
+        client half-closed and no complete request is buffered, or when the body ends
+        with the primary's close (until_close). Inline, not a helper call: it runs
+        for every response.
+        """
+        return (not self.keep_alive or self.body is not None or until_close
+                or (self.client_eof and find_head_end(self.buf, 0) < 0))
 
     def upstream_eof(self) -> None:
         if self.tunnel:

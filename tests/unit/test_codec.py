@@ -17,7 +17,6 @@ from fastmirror.codec import (
     HttpError,
     ResponseError,
     ResponseFramer,
-    closes_after,
     error_response,
     parse_request_head,
 )
@@ -475,12 +474,3 @@ def test_shadow_framer_without_closing_passes_heads_untouched():
     assert framer.feed(NGINX_OK) == NGINX_OK and not framer.close_client
 
 
-@pytest.mark.parametrize("keep_alive,body_complete,client_done,until_close,closes", [
-    (True, True, False, False, False),    # the only case the connection stays open
-    (False, True, False, False, True),    # Connection: close, HTTP/1.0, draining, recycled
-    (True, False, False, False, True),    # early answer: the rest of the body is unread
-    (True, True, True, False, True),      # the client half-closed: this was the last one
-    (True, True, False, True, True),      # the body ends with the primary's close
-])
-def test_closes_after(keep_alive, body_complete, client_done, until_close, closes):
-    assert closes_after(keep_alive, body_complete, client_done, until_close) is closes
