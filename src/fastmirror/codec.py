@@ -15,7 +15,6 @@ This module does no I/O: bytes in, decisions and byte counts out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import h11
 
@@ -413,19 +412,21 @@ class ResponseFramer:
     section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel,
     when the request asked for one (`upgrade`); otherwise a 101 is a ResponseError.
 
-    With `closing` (the client side), the final head's hop-by-hop lines are the proxy's
-    own: the primary's are cut, and `closing(until_close)`, called once as the head goes
-    out, says whether the proxy closes the client connection after this response (then
-    the head says `connection: close`, and `close_client` is True). 1xx heads pass as
-    they are. Without it (a shadow's response, which nobody reads) heads pass untouched.
+    With `rewrite` (the client side), the final head's hop-by-hop lines are the proxy's
+    own: the primary's are cut, and `connection: close` is added when the proxy closes
+    the client connection after this response: when `client_closing` (which the owner
+    sets before each feed while the head is pending: a plain attribute, not a callback,
+    since this runs for every response) or when the body runs to the primary's close.
+    `close_client` then says so. 1xx heads pass as they are. Without `rewrite` (a
+    shadow's response, which nobody reads) heads pass untouched.
     """
 
     __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
-                 "close_client", "_closing", "_head", "_mode", "_remaining", "_scanner",
-                 "_minor", "_cut", "_upgrade")
+                 "close_client", "client_closing", "_rewrite", "_head", "_mode", "_remaining",
+                 "_scanner", "_minor", "_cut", "_upgrade")
 
     def __init__(self, head_request: bool, drop_interim: bool = False,
-                 closing: Callable[[bool], bool] | None = None, upgrade: bool = False) -> None:
+                 rewrite: bool = False, upgrade: bool = False) -> None:
         self.head_only = head_request
         self._upgrade = upgrade  # the request asked to switch protocols: a 101 may come
         self.drop_interim = drop_interim
@@ -435,7 +436,8 @@ class ResponseFramer:
         self.upgraded = False
         self.excess = False      # bytes arrived after the end of the response
         self.close_client = False  # the forwarded head announced `connection: close`
-        self._closing = closing
+        self.client_closing = False  # set by the owner: it will close after this response
+        self._rewrite = rewrite
         self._head = b""
         self._mode = _NONE
         self._remaining = 0
@@ -480,10 +482,8 @@ class ResponseFramer:
             pos += self._feed_body(buf, pos)
         elif pos < len(buf):
             self.excess = self.close = True
-        closing = self._closing
-        if closing is not None:
-            self._closing = None  # asked once; and the framer no longer holds its connection
-            self.close_client = close = closing(self._mode == _UNTIL_CLOSE)
+        if self._rewrite:
+            self.close_client = close = self.client_closing or self._mode == _UNTIL_CLOSE
             insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
             if self._cut or insert:  # the head changes: one new buffer, head and body
                 return splice_head(buf, start, pos, head_at, head_end, self._cut, insert)

@@ -226,7 +226,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.head = head
         self.started = time.monotonic()
         self.deadline = self.started + s.primary_timeout
-        self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after,
+        self.framer = ResponseFramer(head.method == b"HEAD", head.http10, True,
                                      head.upgrade)
         self.keep_alive = head.keep_alive and not ctx.draining and not self.close_after_response
         ctx.registry.downstream_requests += 1
@@ -352,6 +352,16 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         framer = self.framer
         assert framer is not None  # upstream callbacks only come during an exchange
+        if not framer.status:
+            # The head may go out with these bytes: will the client connection close after
+            # this response? Then the head says so, and the client sends nothing that would
+            # be lost. Not when the proxy will read no further request (not keep_alive:
+            # Connection: close, HTTP/1.0, a drain, a recycled connection), when the request
+            # body is not all read (an early answer), or when the client half-closed and no
+            # complete request is buffered. (The framer adds: a body that ends with the
+            # primary's close.) A plain attribute, not a call: this runs for every response.
+            framer.client_closing = (not self.keep_alive or self.body is not None
+                                     or (self.client_eof and find_head_end(self.buf, 0) < 0))
         try:
             out = framer.feed(data)
         except ResponseError as exc:
@@ -368,20 +378,6 @@ class DownstreamProtocol(asyncio.Protocol):
             self._response_done()
         elif not self.writing_paused:  # the timeout is between reads once the response began
             self.deadline = time.monotonic() + self.settings.primary_timeout
-
-    def _closes_after(self, until_close: bool) -> bool:
-        """The framer asks as the response head goes out: will the client connection close?
-
-        Decided then, so the head can say `connection: close` and the client sends no
-        request that would be lost. It closes when the proxy will not read another
-        request (not keep_alive: `Connection: close`, HTTP/1.0, a drain, a recycled
-        connection), when the request body is not all read (an early answer), when the
-        client half-closed and no complete request is buffered, or when the body ends
-        with the primary's close (until_close). Inline, not a helper call: it runs
-        for every response.
-        """
-        return (not self.keep_alive or self.body is not None or until_close
-                or (self.client_eof and find_head_end(self.buf, 0) < 0))
 
     def upstream_eof(self) -> None:
         if self.tunnel:
@@ -482,7 +478,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.upstream.close()
             self.upstream = None
             self.pending = [head.forward]
-            self.framer = ResponseFramer(head.method == b"HEAD", head.http10, self._closes_after,
+            self.framer = ResponseFramer(head.method == b"HEAD", head.http10, True,
                                      head.upgrade)
             asyncio.get_running_loop().create_task(self._connect_primary(self.seq))
             return

@@ -392,50 +392,47 @@ NGINX_CUT = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nX-Hop: 1\
 
 
 def frame_client(data: bytes, step: int | None, close: bool, head_request: bool = False,
-                 drop_interim: bool = False, upgrade: bool = False) -> tuple[ResponseFramer, bytes, list[bool]]:
-    asked: list[bool] = []
-
-    def closing(until_close: bool) -> bool:
-        asked.append(until_close)
-        return close or until_close
-
-    framer = ResponseFramer(head_request, drop_interim, closing, upgrade)
+                 drop_interim: bool = False, upgrade: bool = False) -> tuple[ResponseFramer, bytes]:
+    """Feed data (whole or in steps) to a client-side framer whose owner closes after it
+    when `close`."""
+    framer = ResponseFramer(head_request, drop_interim, True, upgrade)
+    framer.client_closing = close
     pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
     out = b"".join(framer.feed(p) for p in pieces)
-    return framer, out, asked
+    return framer, out
 
 
 @pytest.mark.parametrize("step", [None, 1, 7])
 def test_client_head_loses_the_primarys_hop_by_hop_lines(step):
-    framer, out, asked = frame_client(NGINX_OK, step, close=False)
-    assert out == NGINX_CUT + b"\r\nok" and framer.done and asked == [False]
+    framer, out = frame_client(NGINX_OK, step, close=False)
+    assert out == NGINX_CUT + b"\r\nok" and framer.done
     assert not framer.close_client
 
 
 @pytest.mark.parametrize("step", [None, 1, 7])
 def test_client_head_says_close_when_the_proxy_closes(step):
-    framer, out, asked = frame_client(NGINX_OK, step, close=True)
-    assert out == NGINX_CUT + b"connection: close\r\n\r\nok" and asked == [False]
+    framer, out = frame_client(NGINX_OK, step, close=True)
+    assert out == NGINX_CUT + b"connection: close\r\n\r\nok"
     assert framer.close_client
 
 
 def test_named_header_and_connection_close_from_the_primary():
     data = (b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: X-Hop, close\r\n"
             b"Content-Length: 2\r\n\r\nok")
-    _framer, out, _ = frame_client(data, None, close=False)
+    _framer, out = frame_client(data, None, close=False)
     assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def test_body_delimited_by_close_says_close():
-    framer, out, asked = frame_client(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nsome", None,
+    framer, out = frame_client(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nsome", None,
                                       close=False)
-    assert out == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nsome" and asked == [True]
+    assert out == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nsome"
     assert framer.close_client and framer.until_close
 
 
 def test_http10_response_on_a_kept_connection_says_keep_alive():
     data = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
-    _framer, out, _ = frame_client(data, None, close=False)
+    _framer, out = frame_client(data, None, close=False)
     assert out == b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\nok"
 
 
@@ -443,16 +440,16 @@ def test_http10_response_on_a_kept_connection_says_keep_alive():
 @pytest.mark.parametrize("drop", [False, True])
 def test_interim_heads_pass_untouched_the_final_one_is_rewritten(step, drop):
     interim = b"HTTP/1.1 100 Continue\r\nConnection: keep-alive\r\n\r\n"
-    _framer, out, asked = frame_client(interim + NGINX_OK, step, close=True, drop_interim=drop)
+    _framer, out = frame_client(interim + NGINX_OK, step, close=True, drop_interim=drop)
     final = NGINX_CUT + b"connection: close\r\n\r\nok"
-    assert out == (final if drop else interim + final) and asked == [False]
+    assert out == (final if drop else interim + final)
 
 
-def test_101_passes_untouched_and_nobody_is_asked():
+def test_101_passes_untouched():
     data = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Keep-Alive: 1\r\n\r\n\x81\x01a")
-    framer, out, asked = frame_client(data, None, close=True, upgrade=True)
-    assert out == data and framer.upgraded and asked == []
+    framer, out = frame_client(data, None, close=True, upgrade=True)
+    assert out == data and framer.upgraded
 
 
 @pytest.mark.parametrize("response,head_request", [
@@ -460,12 +457,12 @@ def test_101_passes_untouched_and_nobody_is_asked():
     (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\n", True),
 ])
 def test_bodiless_responses_are_rewritten_too(response, head_request):
-    _framer, out, asked = frame_client(response + b"EXTRA", None, False, head_request)
-    assert out == response.replace(b"Connection: keep-alive\r\n", b"") and asked == [False]
+    _framer, out = frame_client(response + b"EXTRA", None, False, head_request)
+    assert out == response.replace(b"Connection: keep-alive\r\n", b"")
 
 
 def test_excess_bytes_stay_out_of_the_rewritten_response():
-    framer, out, _ = frame_client(NGINX_OK + b"HTTP/1.1 200 OK\r\n", None, close=False)
+    framer, out = frame_client(NGINX_OK + b"HTTP/1.1 200 OK\r\n", None, close=False)
     assert out == NGINX_CUT + b"\r\nok" and framer.excess
 
 
