@@ -10,44 +10,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from conftest import Proxy, RecordingServer, raw_exchange, read_response, start_proxy
+from conftest import raw_exchange, read_response
+# The same rig as the refusals: one proxy mirroring everything, to a recording primary and shadow.
+from test_smuggling import env, shared_proxy, statuses, upstreams  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 H = b"Host: fm.test\r\n"
 CLOSE = b"Connection: close\r\n"
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[tuple[RecordingServer, RecordingServer]]:
-    with RecordingServer("primary") as primary, RecordingServer("shadow") as shadow:
-        yield primary, shadow
-
-
-@pytest.fixture(scope="module")
-def shared_proxy(upstreams: tuple[RecordingServer, RecordingServer]) -> Iterator[Proxy]:
-    primary, shadow = upstreams
-    proxy = start_proxy("--mirror-percent", "100", "--mirror-methods", "ALL",
-                        primary=primary, shadow=shadow)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def env(shared_proxy: Proxy, upstreams: tuple[RecordingServer, RecordingServer]):
-    assert shared_proxy.proc.poll() is None, shared_proxy.describe()
-    primary, shadow = upstreams
-    primary.clear()
-    shadow.clear()
-    return shared_proxy, primary, shadow
-
-
-def statuses(data: bytes) -> list[int]:
-    return [int(part[2:5]) for part in data.split(b"HTTP/1.")[1:] if part[2:5].isdigit()]
 
 
 # Each is valid and must reach the primary exactly as sent (no hop-by-hop lines in them).
