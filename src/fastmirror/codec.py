@@ -130,7 +130,7 @@ class RequestHead:
 
     __slots__ = (
         "raw", "forward", "method", "target", "http10",
-        "content_length", "chunked", "keep_alive", "upgrade",
+        "content_length", "chunked", "keep_alive", "upgrade", "has_body",
     )
 
     def __init__(self, raw: bytes, forward: bytes, method: bytes, target: bytes,
@@ -145,10 +145,8 @@ class RequestHead:
         self.chunked = chunked
         self.keep_alive = keep_alive      # the client may send another request afterwards
         self.upgrade = upgrade            # Connection: upgrade + Upgrade: (e.g. WebSocket)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.content_length > 0
+        # An attribute, not a property: read twice for every request.
+        self.has_body = chunked or content_length > 0
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case), or None.
@@ -423,7 +421,7 @@ class ResponseFramer:
 
     __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
                  "close_client", "client_closing", "_rewrite", "_head", "_mode", "_remaining",
-                 "_scanner", "_minor", "_cut", "_upgrade")
+                 "_scanner", "_minor", "_cut", "_upgrade", "until_close")
 
     def __init__(self, head_request: bool, drop_interim: bool = False,
                  rewrite: bool = False, upgrade: bool = False) -> None:
@@ -444,6 +442,9 @@ class ResponseFramer:
         self._scanner: ChunkedScanner | None = None
         self._minor = 1
         self._cut: tuple[int, ...] = ()
+        # The body is delimited by the upstream's close (no length, not chunked). An
+        # attribute, not a property: read for every response.
+        self.until_close = False
 
     def feed(self, data: bytes) -> bytes:
         """Consume upstream bytes; return the prefix that belongs to this response.
@@ -483,7 +484,7 @@ class ResponseFramer:
         elif pos < len(buf):
             self.excess = self.close = True
         if self._rewrite:
-            self.close_client = close = self.client_closing or self._mode == _UNTIL_CLOSE
+            self.close_client = close = self.client_closing or self.until_close
             insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
             if self._cut or insert:  # the head changes: one new buffer, head and body
                 return splice_head(buf, start, pos, head_at, head_end, self._cut, insert)
@@ -521,7 +522,7 @@ class ResponseFramer:
             self.done = length == 0
         else:
             self._mode = _UNTIL_CLOSE
-            self.close = True
+            self.close = self.until_close = True
 
     def _feed_body(self, data: bytes, start: int) -> int:
         mode = self._mode
@@ -545,11 +546,6 @@ class ResponseFramer:
                     self.excess = self.close = True
             return n
         return len(data) - start  # until close
-
-    @property
-    def until_close(self) -> bool:
-        """The body is delimited by the upstream's close (no length, not chunked)."""
-        return self._mode == _UNTIL_CLOSE
 
     def eof(self) -> None:
         """The upstream closed its side.

@@ -411,7 +411,8 @@ class DownstreamProtocol(asyncio.Protocol):
         assert framer is not None and head is not None
         s = self.settings
         s.primary_stats.observe(time.monotonic() - self.started, framer.status)
-        self._log(framer.status)
+        if self.ctx.settings.access_log is not None:  # here: one call less per request when off
+            self._log(framer.status)
         if self.diff_pending is not None:
             if self.diff_submitted and self.diff_capture is not None:
                 raw, why = self.diff_capture.result()
