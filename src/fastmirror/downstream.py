@@ -361,7 +361,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # complete request is buffered. (The framer adds: a body that ends with the
             # primary's close.) A plain attribute, not a call: this runs for every response.
             framer.client_closing = (not self.keep_alive or self.body is not None
-                                     or (self.client_eof and find_head_end(self.buf, 0) < 0))
+                                     or (self.client_eof and self._nothing_left_to_answer()))
         try:
             out = framer.feed(data)
         except ResponseError as exc:
@@ -378,6 +378,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self._response_done()
         elif not self.writing_paused:  # the timeout is between reads once the response began
             self.deadline = time.monotonic() + self.settings.primary_timeout
+
+    def _nothing_left_to_answer(self) -> bool:
+        """After the client's half-close: the buffered bytes hold neither a complete
+        request (answered next) nor a partial one already known bad (answered 400)."""
+        buf = bytes(self.buf)
+        if find_head_end(buf, 0) >= 0:
+            return False
+        try:
+            check_partial_head(buf[skip_empty_lines(buf):])
+        except HttpError:
+            return False
+        return True
 
     def upstream_eof(self) -> None:
         if self.tunnel:
