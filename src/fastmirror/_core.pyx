@@ -1130,8 +1130,6 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
             if not _plain_host(p, vs, ve):
                 return None
             hosts += 1
-        elif (ms == 14 or ms == 17) and _underscored_framing(p + s, ms):
-            return None   # Content_Length, Transfer_Encoding: refused by the slow path
         elif ms == 14 and _eq_lower(p + s, 14, b"content-length", 14):
             if length >= 0 or not (1 <= ve - vs <= 18 and _all_digits(p + vs, ve - vs)):
                 return None
@@ -1142,6 +1140,8 @@ cdef object _parse_request_fast(const unsigned char* p, Py_ssize_t n):
             if te_seen or not _eq_lower(p + vs, ve - vs, b"chunked", 7):
                 return None
             te_seen = chunked = True
+        elif (ms == 14 or ms == 17) and _underscored_framing(p + s, ms):
+            return None   # Content_Length, Transfer_Encoding: refused by the slow path
         elif ms == 10 and _eq_lower(p + s, 10, b"connection", 10):
             tokens = _conn_tokens(p, vs, ve)
             if tokens < 0:

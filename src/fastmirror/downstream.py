@@ -103,13 +103,10 @@ class DownstreamProtocol(asyncio.Protocol):
         # The first head must be complete header_timeout after the accept.
         self.deadline = time.monotonic() + ctx.settings.header_timeout
         self.reading_head = True
-        admitted = len(ctx.connections)
-        limit = ctx.settings.max_connections
-        if admitted >= limit and ctx.acceptor is not None:
-            ctx.acceptor.pause()  # the next connections wait in the listen backlog
-            if admitted > limit:  # accepted in the same batch as the one that filled it
-                ctx.registry.connections_rejected += 1
-                self._close()
+        acceptor = ctx.acceptor  # at the cap, the next connections wait in the backlog
+        if acceptor is not None and not acceptor.fit(len(ctx.connections), ctx.settings.max_connections):
+            ctx.registry.connections_rejected += 1
+            self._close()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -153,9 +150,8 @@ class DownstreamProtocol(asyncio.Protocol):
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.registry.connections_active -= 1
-        acceptor = ctx.acceptor
-        if acceptor is not None and acceptor.paused and len(ctx.connections) < ctx.settings.max_connections:
-            acceptor.resume()
+        if ctx.acceptor is not None:
+            ctx.acceptor.fit(len(ctx.connections), ctx.settings.max_connections)
         if self.head is not None and not self.tunnel:
             self._log(499)  # nginx's code for "client closed the request"
             self._end_diff("client-closed")

@@ -59,16 +59,21 @@ class Acceptor:
         self.closed = False
         self._resuming = False
 
-    @property
-    def paused(self) -> bool:
-        return self.server is None
-
     async def start(self) -> None:
         self.server = await self._serve()
 
     async def _serve(self) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         return await loop.create_server(self.factory, sock=self.sock.dup(), backlog=self.backlog)
+
+    def fit(self, open_connections: int, limit: int) -> bool:
+        """Accept while open_connections < limit, stop at it; False when over it
+        (a connection accepted in the same batch as the one that reached the cap)."""
+        if open_connections >= limit:
+            self.pause()
+        else:
+            self.resume()
+        return open_connections <= limit
 
     def pause(self) -> None:
         """The cap is reached: stop taking connections from the backlog."""

@@ -437,9 +437,8 @@ class Worker:
         new.access_log = old.access_log
         self.ctx.settings = new
         self.registry.mirror_percent = config.mirror_percent
-        acceptor = self.ctx.acceptor
-        if acceptor is not None and acceptor.paused and len(self.ctx.connections) < new.max_connections:
-            acceptor.resume()  # a raised --max-connections takes the waiting ones now
+        if self.ctx.acceptor is not None:  # a raised --max-connections takes the waiting ones now
+            self.ctx.acceptor.fit(len(self.ctx.connections), new.max_connections)
         self._open_access_log(config, old.config.access_log)
         for shadow in new.retired:
             shadow.close()
