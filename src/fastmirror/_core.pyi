@@ -154,6 +154,55 @@ def splice_head(buf: bytes | bytearray | memoryview, start: int, stop: int, head
         TypeError: cut is not a tuple, or buf/insert not a buffer.
     """
 
+class ResponseError(Exception):
+    """An upstream response that cannot be framed (answered as 502 when nothing was sent)."""
+
+MAX_RESPONSE_HEAD: Final[int]   # 65536: a response head (1xx heads included) past it fails
+
+class ResponseFramer:
+    """Frames one upstream response; feed() returns the bytes to pass on now.
+
+    Interim 1xx responses are passed on (dropped with drop_interim, for an HTTP/1.0
+    client) and framing continues with the final one. A 101 ends the response and makes
+    the connection a tunnel when upgrade (the request asked for one); otherwise it is a
+    ResponseError. The body is framed by Content-Length, the strict chunked scanner, or
+    the upstream's close; nothing past its end is passed on.
+
+    With rewrite (the client side), the final head's hop-by-hop lines (parse_response_head's
+    cut) are removed and `connection: close` is added when client_closing (set by the
+    owner before each feed while the head is pending) or when the body runs to the close;
+    `connection: keep-alive` is added to an HTTP/1.0 response otherwise. close_client says
+    whether `connection: close` was added. Without rewrite heads pass untouched.
+    """
+
+    head_only: bool        # the request was HEAD: the response has no body
+    drop_interim: bool
+    status: int            # the final status, 0 until its head is complete
+    done: bool             # the response is complete
+    close: bool            # the upstream connection cannot be reused
+    upgraded: bool         # a 101: what follows is tunnel data
+    close_client: bool     # the forwarded head announced `connection: close`
+    client_closing: bool   # set by the owner: it closes the client after this response
+    until_close: bool      # the body is delimited by the upstream's close
+
+    def __init__(self, head_request: bool, drop_interim: bool = False,
+                 rewrite: bool = False, upgrade: bool = False) -> None: ...
+    def feed(self, data: bytes) -> bytes:
+        """Consume upstream bytes; return the prefix of them that belongs to this response.
+
+        Bytes past the end are not returned (and make close true). Split the response
+        anywhere: the bytes passed on are the same.
+
+        Raises:
+            ResponseError: a malformed head or chunked body, or a head past MAX_RESPONSE_HEAD.
+        """
+    def eof(self) -> None:
+        """The upstream closed its side: the end of a close-delimited body.
+
+        Raises:
+            ResponseError: the response was not complete.
+        """
+
 REQ_CONN_CLOSE: Final[int]       # 1: a Connection header has the token "close"
 REQ_CONN_KEEP_ALIVE: Final[int]  # 2: ... the token "keep-alive"
 REQ_CONN_HOP: Final[int]         # 4: a hop-by-hop header line is present (to strip)

@@ -49,6 +49,9 @@ __all__ = (
     "MAX_CHUNK_SIZE",
     "ChunkedError",
     "ChunkedScanner",
+    "MAX_RESPONSE_HEAD",
+    "ResponseError",
+    "ResponseFramer",
     "check_head",
     "find_head_end",
     "key_hash",
@@ -517,19 +520,22 @@ cdef class ChunkedScanner:
             ValueError: start is outside 0..len(buf).
         """
         cdef Py_buffer v
-        cdef Py_ssize_t end
-        if self._failed:
-            raise ChunkedError("chunked body already failed")
         PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
         try:
             if start < 0 or start > v.len:
                 raise ValueError("start out of range")
-            if self._state == S_DONE:
-                return 0
-            end = self._scan(<const unsigned char*>v.buf, start, v.len)
-            return end - start
+            return self._feed(<const unsigned char*>v.buf, start, v.len)
         finally:
             PyBuffer_Release(&v)
+
+    cdef Py_ssize_t _feed(self, const unsigned char* p, Py_ssize_t start,
+                          Py_ssize_t n) except -1:
+        """feed() on a pointer, for ResponseFramer: bytes of p[start:n] in the body."""
+        if self._failed:
+            raise ChunkedError("chunked body already failed")
+        if self._state == S_DONE:
+            return 0
+        return self._scan(p, start, n) - start
 
     cdef int _fail(self, str message) except -1:
         self._failed = True
@@ -930,46 +936,234 @@ def splice_head(buf, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t head_at,
         ValueError: positions out of order or outside buf; a bad cut.
     """
     cdef Py_buffer v, iv
-    cdef Py_ssize_t i, a, b, prev = 0, size, at = 0, pos, head_n = head_end - head_at
-    cdef Py_ssize_t nc = len(cut)
-    cdef const char* p
-    cdef char* dst
     PyObject_GetBuffer(buf, &v, PyBUF_SIMPLE)
     try:
         PyObject_GetBuffer(insert, &iv, PyBUF_SIMPLE)
         try:
             if not (0 <= start <= head_at and head_at + 4 <= head_end <= stop <= v.len):
                 raise ValueError("splice_head: positions out of order")
-            if nc % 2:
-                raise ValueError("splice_head: cut must hold (start, end) pairs")
-            size = stop - start + iv.len
-            for i in range(0, nc, 2):
-                a = cut[i]
-                b = cut[i + 1]
-                if not (prev <= a <= b <= head_n - 2):
-                    raise ValueError("splice_head: cut spans out of order")
-                size -= b - a
-                prev = b
-            p = <const char*>v.buf
-            out = PyBytes_FromStringAndSize(NULL, size)
-            dst = PyBytes_AS_STRING(out)
-            pos = start
-            for i in range(0, nc, 2):
-                a = head_at + <Py_ssize_t>cut[i]
-                memcpy(dst + at, p + pos, a - pos)
-                at += a - pos
-                pos = head_at + <Py_ssize_t>cut[i + 1]
-            a = head_end - 2
-            memcpy(dst + at, p + pos, a - pos)
-            at += a - pos
-            memcpy(dst + at, iv.buf, iv.len)
-            at += iv.len
-            memcpy(dst + at, p + a, stop - a)
-            return out
+            return _splice(<const char*>v.buf, start, stop, head_at, head_end, cut,
+                           <const char*>iv.buf, iv.len)
         finally:
             PyBuffer_Release(&iv)
     finally:
         PyBuffer_Release(&v)
+
+
+cdef bytes _splice(const char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t head_at,
+                   Py_ssize_t head_end, tuple cut, const char* ins, Py_ssize_t ins_n):
+    """splice_head on a pointer, its positions already checked."""
+    cdef Py_ssize_t i, a, b, prev = 0, size, at = 0, pos, head_n = head_end - head_at
+    cdef Py_ssize_t nc = len(cut)
+    cdef char* dst
+    if nc % 2:
+        raise ValueError("splice_head: cut must hold (start, end) pairs")
+    size = stop - start + ins_n
+    for i in range(0, nc, 2):
+        a = cut[i]
+        b = cut[i + 1]
+        if not (prev <= a <= b <= head_n - 2):
+            raise ValueError("splice_head: cut spans out of order")
+        size -= b - a
+        prev = b
+    out = PyBytes_FromStringAndSize(NULL, size)
+    dst = PyBytes_AS_STRING(out)
+    pos = start
+    for i in range(0, nc, 2):
+        a = head_at + <Py_ssize_t>cut[i]
+        memcpy(dst + at, p + pos, a - pos)
+        at += a - pos
+        pos = head_at + <Py_ssize_t>cut[i + 1]
+    a = head_end - 2
+    memcpy(dst + at, p + pos, a - pos)
+    at += a - pos
+    memcpy(dst + at, ins, ins_n)
+    at += ins_n
+    memcpy(dst + at, p + a, stop - a)
+    return out
+
+
+# -- response framing -------------------------------------------------------------------
+
+class ResponseError(Exception):
+    """An upstream response that cannot be framed (answered as 502 when nothing was sent)."""
+
+
+MAX_RESPONSE_HEAD = 65536
+
+cdef enum:
+    F_NONE = 0
+    F_LENGTH = 1
+    F_CHUNKED = 2
+    F_UNTIL_CLOSE = 3
+
+# The proxy's own hop-by-hop line in a response it forwards (the primary's are cut).
+cdef bytes CLOSE_LINE = b"connection: close\r\n"
+# An HTTP/1.0 response persists only when it says so (RFC 9112 9.3): the primary's
+# keep-alive was cut, so the proxy says it for the client connection it keeps.
+cdef bytes KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
+
+
+cdef class ResponseFramer:
+    """Frames one upstream response; `feed` returns the bytes to pass on now.
+
+    The twin's docstring (_core_py.ResponseFramer) says what it does; this is the same
+    state machine on pointers, one compiled call per upstream read.
+    """
+
+    cdef public bint head_only, drop_interim, done, close, upgraded
+    cdef public bint close_client, client_closing, until_close
+    cdef public int status
+    cdef bint _rewrite, _upgrade
+    cdef bytes _head
+    cdef int _mode, _minor
+    cdef int64_t _remaining
+    cdef ChunkedScanner _scanner
+    cdef tuple _cut
+
+    def __init__(self, bint head_request, bint drop_interim=False, bint rewrite=False,
+                 bint upgrade=False):
+        self.head_only = head_request
+        self._upgrade = upgrade
+        self.drop_interim = drop_interim
+        self.status = 0
+        self.done = False
+        self.close = False
+        self.upgraded = False
+        self.close_client = False
+        self.client_closing = False
+        self.until_close = False
+        self._rewrite = rewrite
+        self._head = b""
+        self._mode = F_NONE
+        self._remaining = 0
+        self._scanner = None
+        self._minor = 1
+        self._cut = ()
+
+    def feed(self, bytes data not None):
+        """Consume upstream bytes; return the prefix that belongs to this response.
+
+        Raises:
+            ResponseError: the response is malformed.
+        """
+        cdef Py_ssize_t n
+        if self.done:
+            if len(data):
+                self.close = True
+            return b""
+        if self.status:
+            n = self._feed_body(<const unsigned char*>PyBytes_AS_STRING(data), 0, len(data))
+            return data if n == len(data) else data[:n]
+        return self._feed_head(data)
+
+    cdef bytes _feed_head(self, bytes data):
+        cdef bytes buf = self._head + data if len(self._head) else data
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = len(buf), pos = 0, start = 0, head_at = 0, end, head_end
+        cdef bytes insert
+        cdef bint close
+        while not self.status:
+            end = _find_crlfcrlf(p, pos, n) if n - pos >= 4 else -1
+            if end < 0:
+                if n - pos > MAX_RESPONSE_HEAD:
+                    raise ResponseError("response head too large")
+                self._head = buf[pos:]
+                return buf[start:pos]   # interim responses complete so far
+            end += 4
+            self._start_body(p + pos, end - pos)
+            head_at = pos
+            pos = end
+            if not self.status and self.drop_interim:
+                start = pos
+        self._head = b""
+        if self.upgraded:
+            return buf[start:]   # what follows a 101 is already tunnel data
+        head_end = pos
+        if not self.done:
+            pos += self._feed_body(p, pos, n)
+        elif pos < n:
+            self.close = True
+        if self._rewrite:
+            self.close_client = close = self.client_closing or self.until_close
+            insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
+            if len(self._cut) or len(insert):   # the head changes: one new buffer
+                return _splice(<const char*>p, start, pos, head_at, head_end, self._cut,
+                               PyBytes_AS_STRING(insert), len(insert))
+        return buf if start == 0 and pos == n else buf[start:pos]
+
+    cdef int _start_body(self, const unsigned char* head, Py_ssize_t n) except -1:
+        try:
+            status, minor, length, chunked, close, cut = _parse_response(head, n)
+        except ValueError as exc:
+            raise ResponseError(f"bad response head: {exc}") from None
+        if 100 <= status < 200 and status != 101:
+            return 0   # interim response: passed on; the final one follows
+        self.status = status
+        self.close = close
+        self._minor = minor
+        self._cut = cut
+        if status == 101:
+            if not self._upgrade:
+                # RFC 9110 15.2.2: never without an Upgrade request. Tunnelling anyway
+                # would pass the client's next requests on unchecked.
+                raise ResponseError("101 Switching Protocols without an Upgrade request")
+            self.upgraded = self.close = self.done = True
+        elif self.head_only or status == 204 or status == 304:
+            self.done = True
+            # A 204 that announces a body (or a 304 with a chunked one) may well send
+            # it: those bytes would be read as the next response on a reused connection.
+            if (status == 204 and (length > 0 or chunked)) or (status == 304 and chunked):
+                self.close = True
+        elif chunked:
+            self._mode = F_CHUNKED
+            self._scanner = ChunkedScanner()
+        elif length >= 0:
+            self._mode = F_LENGTH
+            self._remaining = length
+            self.done = length == 0
+        else:
+            self._mode = F_UNTIL_CLOSE
+            self.close = self.until_close = True
+        return 0
+
+    cdef Py_ssize_t _feed_body(self, const unsigned char* p, Py_ssize_t start,
+                               Py_ssize_t n) except -1:
+        cdef Py_ssize_t k
+        if self._mode == F_LENGTH:
+            k = n - start
+            if self._remaining < k:
+                k = <Py_ssize_t>self._remaining
+            self._remaining -= k
+            if self._remaining == 0:
+                self.done = True
+                if start + k < n:
+                    self.close = True
+            return k
+        if self._mode == F_CHUNKED:
+            try:
+                k = self._scanner._feed(p, start, n)
+            except ChunkedError as exc:
+                raise ResponseError(f"bad chunked response: {exc}") from None
+            if self._scanner._state == S_DONE:
+                self.done = True
+                if start + k < n:
+                    self.close = True
+            return k
+        return n - start   # until close
+
+    def eof(self):
+        """The upstream closed its side.
+
+        Raises:
+            ResponseError: the response was not complete.
+        """
+        if self.done:
+            return
+        if self.status and self._mode == F_UNTIL_CLOSE:
+            self.done = True
+            return
+        raise ResponseError("upstream closed the connection before the response ended")
 
 
 # -- request heads: the strict fast path ----------------------------------------------------

@@ -6,8 +6,9 @@ duplicate or conflicting framing headers), since bytes are forwarded as received
 not re-serialized. Bodies are framed by counting (Content-Length) or by the strict
 chunked scanner of the core; their bytes are never copied or re-encoded here.
 
-Responses (upstream): framed by the core's status-line/header parse and the same
-chunked scanner, so a full h11 cycle is never paid on the response side.
+Responses (upstream): framed by the core's ResponseFramer (status-line/header parse,
+the same chunked scanner, the hop-by-hop rewrite), re-exported here, so a full h11
+cycle is never paid on the response side and a response costs one compiled call.
 
 This module does no I/O: bytes in, decisions and byte counts out.
 """
@@ -23,11 +24,11 @@ from .hotpath import (
     REQ_CONN_CLOSE,
     ChunkedError,
     ChunkedScanner,
+    ResponseError,
+    ResponseFramer,
     check_head,
     find_head_end,
     parse_request_fast,
-    parse_response_head,
-    splice_head,
 )
 
 __all__ = [
@@ -106,10 +107,6 @@ class HttpError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-class ResponseError(Exception):
-    """An upstream response that cannot be framed (answered as 502 when nothing was sent)."""
 
 
 def error_response(status: int, detail: str = "") -> bytes:
@@ -389,173 +386,3 @@ class BodyFramer:
         n = min(self.remaining, len(data) - start)
         self.remaining -= n
         return n
-
-
-# Response body framing modes.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-MAX_RESPONSE_HEAD = 65536
-
-# The proxy's own hop-by-hop line in a response it forwards (the primary's are cut).
-CLOSE_LINE = b"connection: close\r\n"
-# An HTTP/1.0 response persists only when it says so (RFC 9112 9.3): the primary's
-# keep-alive was cut, so the proxy says it for the client connection it keeps.
-KEEP_ALIVE_LINE = b"connection: keep-alive\r\n"
-
-
-class ResponseFramer:
-    """Frames one upstream response; `feed` returns the bytes to pass on now.
-
-    Interim 1xx responses (100 Continue) are passed on and framing continues with the
-    final response, except to an HTTP/1.0 client, which must not get them (RFC 9110
-    section 15.2): `drop_interim`. A 101 ends the response: the connection becomes a tunnel,
-    when the request asked for one (`upgrade`); otherwise a 101 is a ResponseError.
-
-    With `rewrite` (the client side), the final head's hop-by-hop lines are the proxy's
-    own: the primary's are cut, and `connection: close` is added when the proxy closes
-    the client connection after this response: when `client_closing` (which the owner
-    sets before each feed while the head is pending: a plain attribute, not a callback,
-    since this runs for every response) or when the body runs to the primary's close.
-    `close_client` then says so. 1xx heads pass as they are. Without `rewrite` (a
-    shadow's response, which nobody reads) heads pass untouched.
-    """
-
-    __slots__ = ("head_only", "drop_interim", "status", "done", "close", "upgraded", "excess",
-                 "close_client", "client_closing", "_rewrite", "_head", "_mode", "_remaining",
-                 "_scanner", "_minor", "_cut", "_upgrade", "until_close")
-
-    def __init__(self, head_request: bool, drop_interim: bool = False,
-                 rewrite: bool = False, upgrade: bool = False) -> None:
-        self.head_only = head_request
-        self._upgrade = upgrade  # the request asked to switch protocols: a 101 may come
-        self.drop_interim = drop_interim
-        self.status = 0          # final status, 0 until its head is complete
-        self.done = False
-        self.close = False       # the upstream connection cannot be reused
-        self.upgraded = False
-        self.excess = False      # bytes arrived after the end of the response
-        self.close_client = False  # the forwarded head announced `connection: close`
-        self.client_closing = False  # set by the owner: it will close after this response
-        self._rewrite = rewrite
-        self._head = b""
-        self._mode = _NONE
-        self._remaining = 0
-        self._scanner: ChunkedScanner | None = None
-        self._minor = 1
-        self._cut: tuple[int, ...] = ()
-        # The body is delimited by the upstream's close (no length, not chunked). An
-        # attribute, not a property: read for every response.
-        self.until_close = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Consume upstream bytes; return the prefix that belongs to this response.
-
-        Raises:
-            ResponseError: the response is malformed.
-        """
-        if self.done:
-            if data:
-                self.excess = self.close = True
-            return b""
-        if self.status:
-            n = self._feed_body(data, 0)
-            return data if n == len(data) else data[:n]
-        return self._feed_head(data)
-
-    def _feed_head(self, data: bytes) -> bytes:
-        buf = self._head + data if self._head else data
-        pos = start = head_at = 0  # start: where the bytes to pass on begin
-        while not self.status:
-            end = find_head_end(buf, pos)
-            if end < 0:
-                if len(buf) - pos > MAX_RESPONSE_HEAD:
-                    raise ResponseError("response head too large")
-                self._head = buf[pos:]
-                return buf[start:pos]  # interim responses complete so far
-            self._start_body(buf if pos == 0 and end == len(buf) else buf[pos:end])
-            head_at, pos = pos, end
-            if not self.status and self.drop_interim:
-                start = pos
-        self._head = b""
-        if self.upgraded:
-            return buf[start:]  # what follows a 101 is already tunnel data
-        head_end = pos
-        if not self.done:
-            pos += self._feed_body(buf, pos)
-        elif pos < len(buf):
-            self.excess = self.close = True
-        if self._rewrite:
-            self.close_client = close = self.client_closing or self.until_close
-            insert = CLOSE_LINE if close else KEEP_ALIVE_LINE if self._minor == 0 else b""
-            if self._cut or insert:  # the head changes: one new buffer, head and body
-                return splice_head(buf, start, pos, head_at, head_end, self._cut, insert)
-        return buf if start == 0 and pos == len(buf) else buf[start:pos]
-
-    def _start_body(self, head: bytes) -> None:
-        try:
-            status, minor, length, chunked, close, cut = parse_response_head(head)
-        except ValueError as exc:
-            raise ResponseError(f"bad response head: {exc}") from None
-        if 100 <= status < 200 and status != 101:
-            return  # interim response: passed on; the final one follows
-        self.status = status
-        self.close = close
-        self._minor = minor
-        self._cut = cut
-        if status == 101:
-            if not self._upgrade:
-                # RFC 9110 15.2.2: never without an Upgrade request. Tunnelling anyway
-                # would pass the client's next requests on unchecked.
-                raise ResponseError("101 Switching Protocols without an Upgrade request")
-            self.upgraded = self.close = self.done = True
-        elif self.head_only or status in (204, 304):
-            self.done = True
-            # A 204 that announces a body (or a 304 with a chunked one) may well send
-            # it: those bytes would be read as the next response on a reused connection.
-            if (status == 204 and (length > 0 or chunked)) or (status == 304 and chunked):
-                self.close = True
-        elif chunked:
-            self._mode = _CHUNKED
-            self._scanner = ChunkedScanner()
-        elif length >= 0:
-            self._mode = _LENGTH
-            self._remaining = length
-            self.done = length == 0
-        else:
-            self._mode = _UNTIL_CLOSE
-            self.close = self.until_close = True
-
-    def _feed_body(self, data: bytes, start: int) -> int:
-        mode = self._mode
-        if mode == _LENGTH:
-            n = min(self._remaining, len(data) - start)
-            self._remaining -= n
-            if self._remaining == 0:
-                self.done = True
-                if start + n < len(data):
-                    self.excess = self.close = True
-            return n
-        if mode == _CHUNKED:
-            assert self._scanner is not None
-            try:
-                n = self._scanner.feed(data, start)
-            except ChunkedError as exc:
-                raise ResponseError(f"bad chunked response: {exc}") from None
-            if self._scanner.done:
-                self.done = True
-                if start + n < len(data):
-                    self.excess = self.close = True
-            return n
-        return len(data) - start  # until close
-
-    def eof(self) -> None:
-        """The upstream closed its side.
-
-        Raises:
-            ResponseError: the response was not complete.
-        """
-        if self.done:
-            return
-        if self.status and self._mode == _UNTIL_CLOSE:
-            self.done = True
-            return
-        raise ResponseError("upstream closed the connection before the response ended")

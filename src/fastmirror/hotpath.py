@@ -33,6 +33,9 @@ __all__ = (
     "MAX_CHUNK_SIZE",
     "ChunkedError",
     "ChunkedScanner",
+    "MAX_RESPONSE_HEAD",
+    "ResponseError",
+    "ResponseFramer",
     "check_head",
     "find_head_end",
     "key_hash",
@@ -89,6 +92,9 @@ ChunkedError = _impl.ChunkedError
 MAX_CHUNK_SIZE = _impl.MAX_CHUNK_SIZE
 FORBIDDEN_TRAILERS = _impl.FORBIDDEN_TRAILERS
 ChunkedScanner = _impl.ChunkedScanner
+MAX_RESPONSE_HEAD = _impl.MAX_RESPONSE_HEAD
+ResponseError = _impl.ResponseError
+ResponseFramer = _impl.ResponseFramer
 parse_response_head = _impl.parse_response_head
 splice_head = _impl.splice_head
 parse_request_fast = _impl.parse_request_fast

@@ -140,10 +140,12 @@ def test_early_response_while_the_request_body_is_incomplete_says_close(proxy):
 
 def test_last_pipelined_response_after_a_half_close_says_close(proxy):
     with connect(proxy.port) as sock:
-        sock.sendall(get(b"/p1") + get(b"/p2") + get(b"/p3"))
+        # /p3 is slow so that the half-close surely reaches the proxy before its answer
+        # (a client descheduled between sendall and shutdown would otherwise race it)
+        sock.sendall(get(b"/p1") + get(b"/p2") + get(b"/slow?ms=300"))
         sock.shutdown(socket.SHUT_WR)
         responses = [read_response(sock) for _ in range(3)]
-        assert [r.body for r in responses] == [b"resp /p1", b"resp /p2", b"resp /p3"]
+        assert [r.body for r in responses] == [b"resp /p1", b"resp /p2", b"resp /slow?ms=300"]
         # /p1 may have gone out before the half-close arrived; /p2 is after a complete
         # /p3 that is still to be answered, so it must not say close
         assert_proxys_own(responses[1], close=False)

@@ -691,6 +691,40 @@ def test_parity_response_cut_and_splice(head: bytes, prefix: bytes, body: bytes,
     both("splice_head", memoryview(buf), at, len(buf), at, at + len(head), cut, insert)
 
 
+RESPONSE_BODIES = [b"", b"ok", b"okEXTRA", b"2\r\nok\r\n0\r\n\r\n", b"2\r\nok\r\n0\r\nT: v\r\n\r\nX",
+                   b"zz\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"\x00" * 5]
+
+
+@parity
+@FAST
+@given(head=response_heads(), prefix=st.sampled_from([b"", b"HTTP/1.1 100 Continue\r\n\r\n",
+                                                     b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"]),
+       body=st.sampled_from(RESPONSE_BODIES), flags=st.lists(st.booleans(), min_size=5, max_size=5),
+       cuts=st.lists(st.integers(0, 400), max_size=5), eof=st.booleans())
+def test_parity_response_framer(head: bytes, prefix: bytes, body: bytes, flags: list[bool],
+                                cuts: list[int], eof: bool) -> None:
+    """The compiled framer and the twin pass on the same bytes, in the same pieces, and
+    end in the same state (or fail at the same feed), however the response is split."""
+    head_request, drop_interim, rewrite, upgrade, closing = flags
+    data = prefix + head + body
+    framers = [m.ResponseFramer(head_request, drop_interim, rewrite, upgrade) for m in PAIR]
+    bounds = sorted({min(c, len(data)) for c in cuts} | {len(data)})
+    prev = 0
+    for cut in [*bounds, len(data)]:   # the last feed is empty, after the end
+        seen = []
+        for f in framers:
+            f.client_closing = closing
+            res = outcome(f.feed, data[prev:cut])
+            seen.append((res, f.status, f.done, f.close, f.upgraded, f.close_client, f.until_close))
+        assert seen[0] == seen[1], (data, prev, cut)
+        if seen[0][0][0] == "raise":
+            return
+        prev = cut
+    if eof:
+        ends = [(outcome(f.eof), f.done) for f in framers]
+        assert ends[0] == ends[1], data
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[bytes, list[bytes], int | None]:
     """A request head, its header lines, and the index of the first Host line."""
