@@ -21,7 +21,11 @@ from typing import Any
 import h11
 import pytest
 
-from fastmirror import codec, mirror, router
+from fastmirror.proxy import codec
+
+from fastmirror.proxy import mirror
+
+from fastmirror.proxy import router
 
 # A typical browser-ish request head: 200 bytes, six header lines.
 GET_HEAD = (b"GET /api/v1/items?page=2&sort=name HTTP/1.1\r\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from fastmirror.diff import MATCH, MISMATCH, NOISE, Captured, DiffRules, compare, parse_captured
+from fastmirror.diffing.diff import MATCH, MISMATCH, NOISE, Captured, DiffRules, compare, parse_captured
 
 CT = [("content-type", "application/json")]
 RULES = DiffRules(ignore=("header:date",))

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from fastmirror import _core_py, codec, hotpath, mirror, router  # noqa: F401  (loaded before swapping)
+from fastmirror import _core_py, hotpath  # noqa: F401  (loaded before swapping)
+from fastmirror.proxy import codec, mirror, router  # noqa: F401
 
 _core_c: ModuleType | None
 try:

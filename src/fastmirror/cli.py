@@ -4,7 +4,7 @@ cli ─▶ config ─▶ workers.  Every flag is declared here and nowhere else.
 default to argparse.SUPPRESS, so the namespace holds only what the user typed
 and config.load_config() lays exactly that over the file.  Any usage or config
 error is one line on stderr and exit status 2, never a traceback.  This module
-does not run the proxy itself: it hands the Config to fastmirror.workers.run.
+does not run the proxy itself: it hands the Config to fastmirror.ops.supervisor.run.
 `diffs` and `report` only read a running proxy's admin endpoint over HTTP, so
 they work the same against one process and a supervisor of N workers.
 """
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Each dest is a fastmirror.report.Thresholds field; values are parsed there.
+# Each dest is a fastmirror.diffing.report.Thresholds field; values are parsed there.
 _THRESHOLD_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--max-p99-ratio", "R", "fail when a shadow's P99 is more than R times the primary's"),
     ("--max-p50-ratio", "R", "fail when a shadow's P50 is more than R times the primary's"),
@@ -308,7 +308,7 @@ def _diffs_command(args: argparse.Namespace) -> int:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from fastmirror.report import ThresholdError, Thresholds, build_report, render_report_text
+    from fastmirror.diffing.report import ThresholdError, Thresholds, build_report, render_report_text
 
     fields = {f.name for f in dataclasses.fields(Thresholds)}
     try:
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.write(b"\n")
         return 0
 
-    from fastmirror.workers import run
+    from fastmirror.ops.supervisor import run
 
     # The overrides go along so that a SIGHUP reload lays the same flags over the new file.
     return run(config, path, overrides)

@@ -272,12 +272,12 @@ def _patterns(value: object) -> tuple[str, ...]:
 
 
 def _diff_rules(key: str) -> Callable[[object], tuple[str, ...]]:
-    """_patterns, then the check of the one parser that reads them (fastmirror.diff), so a
+    """_patterns, then the check of the one parser that reads them (fastmirror.diffing.diff), so a
     pattern it would refuse fails here, exit 2, not in a worker at startup."""
 
     def convert(value: object) -> tuple[str, ...]:
         patterns = _patterns(value)
-        from fastmirror import diff, endpoints  # pure as well; only when patterns are given
+        from fastmirror.diffing import diff, endpoints  # pure as well; only when patterns are given
 
         try:
             if key == "templates":

@@ -27,7 +27,7 @@ import orjson
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmirror.metrics import parse_histograms, quantile
+from fastmirror.ops.metrics import parse_histograms, quantile
 
 HOST = "127.0.0.1"
 CONNECTIONS = 16  # client keep-alive connections

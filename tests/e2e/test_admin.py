@@ -13,9 +13,9 @@ import orjson
 import pytest
 import uvloop
 
-from fastmirror import admin
-from fastmirror.admin import start_admin
-from fastmirror.metrics import Registry
+from fastmirror.ops import admin
+from fastmirror.ops.admin import start_admin
+from fastmirror.ops.metrics import Registry
 
 
 class FakeRuntime:

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from conftest import free_port
 
-from fastmirror.metrics import Registry
+from fastmirror.ops.metrics import Registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -149,3 +149,33 @@ def test_sighup_moves_traffic_to_a_new_primary(run_proxy, primary, shadow):
                 assert got.status_code == 200 and got.headers["x-upstream"] == "primary2"
         assert len(primary2.wait_for_requests(3)) == 3
         assert len(primary.requests) == 1
+
+
+def test_in_flight_request_is_logged_with_the_primary_it_used(run_proxy, primary, shadow, tmp_path):
+    """Reload bug: after a SIGHUP that names a new primary, a request that started before
+    it was logged with the new primary's address; it went to the old one."""
+    log_path = tmp_path / "access.log"
+    proxy = run_proxy(config={"mirror_percent": 0, "access_log": str(log_path)})
+    with RecordingServer("primary2") as primary2:
+        result: dict = {}
+        worker = slow_request_in_thread(proxy.url + "/slow?ms=1000", result)
+        assert primary.wait_for_requests(1), "slow request not in flight"
+        proxy.config_path.write_text(
+            proxy.config_path.read_text().replace(primary.address, primary2.address))
+        proxy.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while proxy.admin("GET", "/config").json()["primary"] != primary2.address:
+            assert time.monotonic() < deadline, proxy.describe()
+            time.sleep(0.05)
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            assert client.get(proxy.url + "/after").headers["x-upstream"] == "primary2"
+        worker.join(10)
+        assert result.get("status") == 200, result
+        deadline = time.monotonic() + 5
+        records: list = []
+        while len(records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if log_path.exists():
+                records = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
+        used = {r["path"]: r["upstream"] for r in records}
+        assert used == {"/slow?ms=1000": primary.address, "/after": primary2.address}, records

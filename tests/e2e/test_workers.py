@@ -48,7 +48,7 @@ def workers_of(proxy, n: int = 2, timeout: float = 10.0) -> dict[int, str]:
     """The supervisor's n worker processes, waiting (bounded) for them to be there."""
     deadline = time.monotonic() + timeout
     while True:
-        found = {p: c for p, c in children(proxy.pid).items() if "fastmirror.workers" in c}
+        found = {p: c for p, c in children(proxy.pid).items() if "fastmirror.ops.supervisor" in c}
         if len(found) == n or time.monotonic() > deadline:
             return found
         time.sleep(0.05)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmirror import codec
-from fastmirror.codec import (
+from fastmirror.proxy import codec
+from fastmirror.proxy.codec import (
     BodyFramer,
     HttpError,
     ResponseError,

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmirror.diff import (
+from fastmirror.diffing.diff import (
     ABSENT, MATCH, MISMATCH, NOISE, OTHER, OTHER_FIELDS, Captured, Comparison, Difference,
     DiffRules, compare, parse_captured)
-from fastmirror.diffstore import DiffStore, render_html, render_text
-from fastmirror.endpoints import EndpointNamer
+from fastmirror.diffing.diffstore import DiffStore, render_html, render_text
+from fastmirror.diffing.endpoints import EndpointNamer
 
 JSON_CT = {"content-type": "application/json"}
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fastmirror.logs import DiffLog
+from fastmirror.ops.logs import DiffLog
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from fastmirror import logs
-from fastmirror.logs import AccessLog, setup_logging
+from fastmirror.ops import logs
+from fastmirror.ops.logs import AccessLog, setup_logging
 
 FIELDS = ("time", "client", "method", "path", "status", "bytes", "duration_ms", "id", "mirror", "upstream")
 

@@ -9,7 +9,7 @@ import random
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmirror.metrics import (
+from fastmirror.ops.metrics import (
     BUCKETS,
     MirrorStats,
     Registry,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fastmirror.metrics import MirrorStats
-from fastmirror.mirror import MirrorJob, MirrorQueue, RequestIds, shadow_request_head
+from fastmirror.ops.metrics import MirrorStats
+from fastmirror.proxy.mirror import MirrorJob, MirrorQueue, RequestIds, shadow_request_head
 
 
 def test_queue_drops_when_full_and_counts():

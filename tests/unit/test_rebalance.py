@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmirror.server import SHED_IDLE_GRACE, Shedder, shed_connection, shed_idle, shed_times
-from fastmirror.workers import shed_plan
+from fastmirror.ops.rebalance import SHED_IDLE_GRACE, Shedder, shed_connection, shed_idle, shed_plan, shed_times
 
 # -- shed_plan ---------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import math
 import orjson
 import pytest
 
-from fastmirror.metrics import Registry
-from fastmirror.report import (
+from fastmirror.ops.metrics import Registry
+from fastmirror.diffing.report import (
     ThresholdError,
     Thresholds,
     build_report,

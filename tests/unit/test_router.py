@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastmirror.codec import parse_request_head
-from fastmirror.router import (
+from fastmirror.proxy.codec import parse_request_head
+from fastmirror.proxy.router import (
     BODY_TOO_LARGE, METHOD, NOT_SAMPLED, OFF, SENT, UPGRADE, MirrorPolicy, mirror_decision,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastmirror.config import load_config
-from fastmirror.server import Worker
+from fastmirror.ops.worker import Worker
 
 
 def test_access_log_dropped_survives_a_new_access_log_path(tmp_path: Path) -> None:

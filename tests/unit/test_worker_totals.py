@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmirror.metrics import (
+from fastmirror.ops.metrics import (
     SNAPSHOT_COUNTERS,
     SNAPSHOT_GAUGES,
     SNAPSHOT_META,

@@ -25,10 +25,10 @@ import time
 from collections import deque
 from typing import Any
 
-from .diff import MATCH, Comparison, DiffRules, compare, parse_captured
-from .diffstore import DiffStore
-from .endpoints import EndpointNamer
-from .mirror import Capture
+from fastmirror.diffing.diff import MATCH, Comparison, DiffRules, compare, parse_captured
+from fastmirror.diffing.diffstore import DiffStore
+from fastmirror.diffing.endpoints import EndpointNamer
+from fastmirror.proxy.mirror import Capture
 
 log = logging.getLogger("fastmirror.diff")
 

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from .hotpath import ChunkedScanner, check_head, find_head_end, parse_response_head
+from fastmirror.hotpath import ChunkedScanner, check_head, find_head_end, parse_response_head
 
 __all__ = [
     "ABSENT", "MATCH", "MISMATCH", "NOISE", "OTHER", "OTHER_FIELDS", "Captured", "Comparison",

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .diff import ABSENT, OTHER, OTHER_FIELDS, RESULTS, Comparison, Difference
+from fastmirror.diffing.diff import ABSENT, OTHER, OTHER_FIELDS, RESULTS, Comparison, Difference
 
 __all__ = ["DiffStore", "render_html", "render_text"]
 

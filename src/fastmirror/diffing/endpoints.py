@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .diff import OTHER
+from fastmirror.diffing.diff import OTHER
 
 __all__ = ["EndpointNamer"]
 

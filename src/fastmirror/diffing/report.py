@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from .metrics import parse_histograms, quantile
+from fastmirror.ops.metrics import parse_histograms, quantile
 
 __all__ = [
     "ThresholdError",

@@ -14,7 +14,7 @@ PUT, POST          /mirror?percent=P       set P (0..100), or a JSON body ``{"pe
                                            answers ``{"percent": P}``; 400 ``{"error": ...}``
 GET, HEAD          /diffs                  the response-diff snapshot as JSON;
                                            ``?format=text`` or ``?format=html`` for people
-GET, HEAD          /report?max_p99_ratio=R fastmirror.report.build_report as JSON (200 for a
+GET, HEAD          /report?max_p99_ratio=R fastmirror.diffing.report.build_report as JSON (200 for a
                                            fail verdict too); 400 for a bad threshold
 =================  ======================  ===================================================
 
@@ -155,14 +155,14 @@ class Handler:
         snapshot = await self._diffs_snapshot()
         if fmt == "json":
             return _json(snapshot)
-        from fastmirror.diffstore import render_html, render_text
+        from fastmirror.diffing.diffstore import render_html, render_text
 
         if fmt == "html":
             return 200, HTML, render_html(snapshot).encode(), []
         return 200, TEXT, render_text(snapshot).encode(), []
 
     async def _report(self, query: str) -> Response:
-        from fastmirror.report import ThresholdError, Thresholds, build_report
+        from fastmirror.diffing.report import ThresholdError, Thresholds, build_report
 
         args = parse_qs(query, keep_blank_values=True)
         try:

@@ -2,7 +2,7 @@
 
 ``--workers 1`` (the default) runs the proxy right here (server.serve). With N > 1 this
 process becomes a supervisor, like nginx's master: it starts N workers with
-``python -m fastmirror.workers`` (a fresh interpreter, never a fork of a running event
+``python -m fastmirror.ops.supervisor`` (a fresh interpreter, never a fork of a running event
 loop), each binding its own SO_REUSEPORT socket on the listen address so that the
 kernel spreads connections over them. The supervisor serves no traffic. It:
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -42,10 +41,11 @@ from typing import Any
 
 import orjson
 
-from .config import Address, Config, ConfigError, config_to_dict, load_config
-from .listener import bind_listener
-from .logs import setup_logging
-from .metrics import WorkerTotals
+from fastmirror.config import Address, Config, ConfigError, config_to_dict, load_config
+from fastmirror.ops.logs import setup_logging
+from fastmirror.ops.metrics import WorkerTotals
+from fastmirror.ops.rebalance import shed_plan
+from fastmirror.proxy.listener import bind_listener
 
 log = logging.getLogger("fastmirror")
 
@@ -57,7 +57,7 @@ SCRAPE_TIMEOUT = 1.0
 # supervisor evens out the workers' client connections: in up to REBALANCE_ROUNDS
 # rounds, each worker over its fair share (by more than REBALANCE_TOLERANCE of it plus
 # REBALANCE_SLACK connections) closes its excess, at most half of its connections a
-# round, spread evenly over REBALANCE_WINDOW seconds (server.Shedder: each connection
+# round, spread evenly over REBALANCE_WINDOW seconds (rebalance.Shedder: each connection
 # ends after its next response, with Connection: close, or is closed if it stays
 # idle); a reconnecting client lands where SO_REUSEPORT puts it, so later rounds
 # finish what the first leaves uneven.
@@ -65,8 +65,6 @@ REBALANCE_ROUNDS = 5
 REBALANCE_DELAY = 1.0  # a worker that dies this soon after it listens moves nobody
 REBALANCE_WINDOW = 2.0
 REBALANCE_SETTLE = 0.5  # after a round's window: time for the clients to reconnect
-REBALANCE_TOLERANCE = 0.1
-REBALANCE_SLACK = 1
 # Restart delay after a worker dies: doubles while workers keep dying young, up to
 # the cap; nginx restarts at once, but a crash loop should not eat a CPU.
 BACKOFF_MIN = 0.1
@@ -87,7 +85,7 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
     setup_logging(config.log_level)
     n = config.effective_workers
     if n == 1:
-        from .server import serve
+        from fastmirror.ops.worker import serve
 
         try:
             sock = bind_listener(config.listen, reuse_port=False)
@@ -196,7 +194,7 @@ class SupervisorRuntime:
         return self.sup.draining or not self.sup.all_ready
 
     async def render_metrics(self) -> bytes:
-        from .metrics import render_snapshots
+        from fastmirror.ops.metrics import render_snapshots
 
         return render_snapshots(await self.sup.snapshots())
 
@@ -204,7 +202,7 @@ class SupervisorRuntime:
         """Every ready worker's DiffStore snapshot, merged (a late worker is left out)."""
         if not self.sup.config.diff.enabled:
             return {"upstreams": {}}
-        from .diffstore import DiffStore
+        from fastmirror.diffing.diffstore import DiffStore
 
         replies = await self.sup.ask("diffs")
         return DiffStore.merge_snapshots([reply for _, reply in replies])
@@ -240,7 +238,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._dispatch_signal, signum)
         admin_server = None
         if self.config.admin is not None:
-            from .admin import start_admin
+            from fastmirror.ops.admin import start_admin
 
             admin = self.config.admin
             try:
@@ -306,7 +304,7 @@ class Supervisor:
                 child.reload_pending = True
 
     def _stop(self, exit_code: int = 0) -> None:
-        from .server import sd_notify
+        from fastmirror.ops.worker import sd_notify
 
         self.draining = True
         self.exit_code = self.exit_code or exit_code
@@ -351,7 +349,7 @@ class Supervisor:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         try:  # fork+exec takes ~1 ms of the loop, only at start and restart
-            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.workers"],  # noqa: ASYNC220
+            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.ops.supervisor"],  # noqa: ASYNC220
                                     stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
         except OSError:
             ours.close()
@@ -410,7 +408,7 @@ class Supervisor:
             self._on_ready(child)
 
     def _on_ready(self, child: Child) -> None:
-        from .server import sd_notify
+        from fastmirror.ops.worker import sd_notify
 
         child.ready = True
         if child.reload_pending:
@@ -515,26 +513,6 @@ class Supervisor:
         return self.totals.snapshots()
 
 
-def shed_plan(connections: Sequence[int], tolerance: float = REBALANCE_TOLERANCE,
-              slack: int = REBALANCE_SLACK) -> list[int]:
-    """How many client connections each worker should close so that they even out.
-
-    ``connections[i]`` is worker i's open client connections. A worker holding more
-    than its fair share (the mean) by more than ``tolerance * fair + slack`` closes
-    the excess, but never more than half of its connections at once; the others
-    close none. Equal or nearly equal workers get all zeros.
-    """
-    n = len(connections)
-    if n < 2:
-        return [0] * n
-    fair = sum(connections) / n
-    plan = []
-    for c in connections:
-        excess = c - fair
-        plan.append(min(math.ceil(excess), c // 2) if excess > fair * tolerance + slack else 0)
-    return plan
-
-
 # Keys of the worker messages that answer a request ({"op": key, "id": N}).
 _REPLIES = ("snapshot", "diffs")
 
@@ -551,7 +529,7 @@ def _describe(returncode: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------------
-# worker side: `python -m fastmirror.workers`, spec as JSON on stdin
+# worker side: `python -m fastmirror.ops.supervisor`, spec as JSON on stdin
 # ---------------------------------------------------------------------------------
 
 
@@ -571,7 +549,7 @@ def worker_main() -> int:
         return _fail(f"worker {spec['index']}: {exc}")
     import uvloop
 
-    from .server import Worker
+    from fastmirror.ops.worker import Worker
 
     worker = Worker(config, path, overrides, listen_sock=sock, admin=False, notify=False,
                     control=control)

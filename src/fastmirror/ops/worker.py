@@ -11,199 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import socket
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import orjson
 import uvloop
 
-from . import __version__
-from .config import Config, ConfigError, config_to_dict, load_config
-from .downstream import DownstreamProtocol
-from .hotpath import CORE_IMPL
-from .listener import Acceptor, bind_listener
-from .logs import AccessLog
-from .metrics import Registry
-from .mirror import RequestIds
-from .pool import UpstreamPool
-from .router import MirrorPolicy
-from .shadow import ShadowTarget
+from fastmirror import __version__
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.hotpath import CORE_IMPL
+from fastmirror.ops.logs import AccessLog
+from fastmirror.ops.metrics import Registry
+from fastmirror.ops.rebalance import Shedder
+from fastmirror.proxy.context import ProxyContext, Settings
+from fastmirror.proxy.downstream import DownstreamProtocol
+from fastmirror.proxy.listener import Acceptor, bind_listener
 
 log = logging.getLogger("fastmirror")
 
 SWEEP_INTERVAL = 0.25  # timeouts are enforced to within this
-
-
-class Settings:
-    """What requests read from the config, built once per load, never per request."""
-
-    def __init__(self, config: Config, registry: Registry, mirror_percent: float,
-                 previous: "Settings | None" = None, comparator: Any = None) -> None:
-        self.config = config
-        # comparator.Comparator when diffing is on: mirrored requests get compared.
-        self.comparator = comparator
-        capture_limit = config.diff.max_body if comparator is not None else 0
-        self.primary_timeout = config.primary_timeout
-        self.idle_timeout = config.idle_timeout
-        self.header_timeout = config.header_timeout
-        self.max_connections = config.max_connections
-        self.max_head_size = config.max_head_size
-        self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
-        primary = config.primary
-        old_pool = previous.primary_pool if previous else None
-        self.primary_pool: UpstreamPool
-        if old_pool is not None and old_pool.address == str(primary):
-            old_pool.connect_timeout = config.connect_timeout
-            self.primary_pool = old_pool
-        else:
-            self.primary_pool = UpstreamPool(primary.host, primary.port, config.connect_timeout)
-        self.primary_stats = registry.upstream("primary", self.primary_pool.address)
-        old_shadows = {s.address: s for s in previous.shadows} if previous else {}
-        self.shadows: list[ShadowTarget] = []
-        for addr in config.shadow:
-            target = old_shadows.pop(str(addr), None)
-            if target is None:
-                target = ShadowTarget(
-                    addr.host, addr.port, queue_size=config.queue_size,
-                    concurrency=config.shadow_concurrency, timeout=config.shadow_timeout,
-                    connect_timeout=config.connect_timeout,
-                    stats=registry.upstream("shadow", str(addr)),
-                    mirror_stats=registry.mirror(str(addr)), capture_limit=capture_limit)
-            else:
-                target.queue.maxsize = config.queue_size
-                target.concurrency = config.shadow_concurrency
-                target.timeout = config.shadow_timeout
-                target.capture_limit = capture_limit
-            self.shadows.append(target)
-        self.retired = list(old_shadows.values())
-        self.secondary: ShadowTarget | None = None
-        if comparator is not None and config.secondary is not None:
-            addr = config.secondary
-            old = previous.secondary if previous else None
-            if old is not None and old.address == str(addr):
-                self.secondary = old
-            else:
-                if old is not None:
-                    self.retired.append(old)
-                self.secondary = ShadowTarget(
-                    addr.host, addr.port, queue_size=config.queue_size,
-                    concurrency=config.shadow_concurrency, timeout=config.shadow_timeout,
-                    connect_timeout=config.connect_timeout,
-                    stats=registry.upstream("secondary", str(addr)),
-                    mirror_stats=registry.mirror(str(addr)), part_name="secondary",
-                    capture_limit=capture_limit)
-        self.access_log: AccessLog | None = None
-        self.set_mirror_percent(mirror_percent)
-
-    def set_mirror_percent(self, percent: float) -> None:
-        c = self.config
-        self.mirror_percent = percent
-        self.policy = MirrorPolicy.build(percent, c.mirror_methods, c.mirror_key,
-                                         c.max_mirror_body, bool(self.shadows))
-
-
-class ProxyContext:
-    """Shared by every connection of one worker: the settings and the live state."""
-
-    def __init__(self, config: Config, registry: Registry, comparator: Any = None) -> None:
-        self.registry = registry
-        self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
-        self.connections: set[DownstreamProtocol] = set()
-        self.acceptor: Acceptor | None = None  # set once listening; pauses at max_connections
-        self.ids = RequestIds()
-        self.draining = False
-        registry.mirror_percent = config.mirror_percent
-
-
-def shed_times(count: int, window: float, now: float) -> list[float]:
-    """When to close each of ``count`` connections: evenly over ``window`` from ``now``.
-
-    The first goes one step in, not at once, and the last at the window's end, so a
-    burst of reconnecting clients never comes from one moment.
-    """
-    if count <= 0:
-        return []
-    step = max(window, 0.0) / count
-    return [now + step * (i + 1) for i in range(count)]
-
-
-# A connection marked to close after its next response that sends no request for this
-# long is closed idle (a client that paused is as likely to be between requests as a
-# keep-alive timeout would find it; one that keeps asking gets its Connection: close).
-SHED_IDLE_GRACE = 1.0
-
-
-def shed_connection(conn: DownstreamProtocol) -> bool:
-    """Mark conn to end after its next response; False when it is idle now.
-
-    A request whose response has not started gets ``keep_alive = False`` now: that
-    response is the last (and says so). Otherwise ``close_after_response`` makes the
-    next request's response the last, so the client is told rather than cut off
-    between requests. An idle connection (no request, no part of one: False) is
-    closed if it is still idle SHED_IDLE_GRACE later (``shed_idle``).
-    """
-    if conn.closed or conn.tunnel:
-        return True  # gone, or a 101 tunnel that is not HTTP any more
-    conn.close_after_response = True
-    if conn.head is not None:
-        if not conn.response_started:
-            conn.keep_alive = False
-        return True
-    return bool(conn.buf)  # a request head is arriving: its response will be the last
-
-
-def shed_idle(conn: DownstreamProtocol, seq: int) -> None:
-    """Close conn if it has stayed idle since it was marked (its request count is seq)."""
-    if not conn.closed and conn.seq == seq and conn.head is None and not conn.buf:
-        conn.shutdown()
-
-
-class Shedder:
-    """Ends chosen client connections one at a time over a window (rebalancing).
-
-    The supervisor sends ``{"op": "shed", "count": K, "window": S}`` after a worker
-    restarts; the connections are picked at random, so no client is favoured, and
-    the server's sweep marks each at its time (see shed_connection) and closes those
-    that then stay idle for SHED_IDLE_GRACE.
-    """
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        # (time, connection, None) to mark it; (time, connection, seq) to close it if
-        # still idle with that many requests. Ascending times.
-        self.due: list[tuple[float, DownstreamProtocol, int | None]] = []
-        self._rng = rng or random.Random()
-
-    def plan(self, connections: set[DownstreamProtocol], count: int, window: float,
-             now: float) -> int:
-        """Schedule up to count of connections (not already chosen); how many were."""
-        chosen_before = {conn for _, conn, _ in self.due}
-        eligible = [c for c in connections if c not in chosen_before and not c.closed
-                    and not c.tunnel and not c.close_after_response]
-        chosen = self._rng.sample(eligible, min(max(count, 0), len(eligible)))
-        times = shed_times(len(chosen), window, now)
-        self._add([(t, conn, None) for t, conn in zip(times, chosen)])
-        return len(chosen)
-
-    def sweep(self, now: float) -> None:
-        """Mark, or close if still idle, every connection whose time has come."""
-        keep, later = [], []
-        for item in self.due:
-            due, conn, seq = item
-            if due > now:
-                keep.append(item)
-            elif seq is not None:
-                shed_idle(conn, seq)
-            elif not shed_connection(conn):
-                later.append((now + SHED_IDLE_GRACE, conn, conn.seq))
-        self.due = keep
-        self._add(later)
-
-    def _add(self, items: Sequence[tuple[float, DownstreamProtocol, int | None]]) -> None:
-        if items:
-            self.due = sorted([*self.due, *items], key=lambda item: item[0])
 
 
 class Runtime:
@@ -296,7 +124,7 @@ class Worker:
         self.ctx.acceptor = acceptor
         admin_server = None
         if self.admin_enabled and config.admin is not None:
-            from .admin import start_admin
+            from fastmirror.ops.admin import start_admin
             admin_server = await start_admin(self.runtime, config.admin.host, config.admin.port)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_requested.set)
@@ -386,8 +214,7 @@ class Worker:
         if ctx.connections:
             log.warning("drain timeout: closing %d connections", len(ctx.connections))
             for conn in list(ctx.connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
+                conn.abort()
         log.info("drained, exiting")
 
     async def _sweep_forever(self) -> None:
@@ -407,12 +234,8 @@ class Worker:
             self.shedder.sweep(now)
         s = ctx.settings
         s.primary_pool.sweep(now)
-        for shadow in s.shadows:
-            shadow.sweep(now)
-        for shadow in s.retired:
-            shadow.sweep(now)
-        if s.secondary is not None:
-            s.secondary.sweep(now)
+        for target in s.targets() + s.retired:
+            target.sweep(now)
         self.diffs.sweep(now)
         s.retired = [t for t in s.retired if t.active or len(t.queue)]
 
@@ -468,10 +291,8 @@ class Worker:
     def _close_all(self) -> None:
         s = self.ctx.settings
         s.primary_pool.close()
-        for shadow in s.shadows:
-            shadow.close()
-        if s.secondary is not None:
-            s.secondary.close()
+        for target in s.targets():
+            target.close()
         self.diffs.close()
         if s.access_log is not None:
             s.access_log.close()
@@ -499,9 +320,9 @@ class Diffing:
         key = (config.diff, config.shadow, config.secondary)
         if key == self._key and self.comparator is not None:
             return self.comparator
-        from .comparator import Comparator
-        from .diffstore import DiffStore
-        from .logs import DiffLog
+        from fastmirror.diffing.comparator import Comparator
+        from fastmirror.diffing.diffstore import DiffStore
+        from fastmirror.ops.logs import DiffLog
 
         if self.store is None:
             self.store = DiffStore()

@@ -19,7 +19,7 @@ import re
 
 import h11
 
-from .hotpath import (
+from fastmirror.hotpath import (
     HEAD_ERR_MESSAGES,
     REQ_CONN_CLOSE,
     ChunkedError,

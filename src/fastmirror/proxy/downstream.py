@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .codec import (
+from fastmirror.proxy.codec import (
     BodyFramer,
     HttpError,
     RequestHead,
@@ -27,14 +27,14 @@ from .codec import (
     parse_request_head,
     skip_empty_lines,
 )
-from .mirror import MirrorJob, shadow_request_head
-from .pool import UpstreamConnection
-from .router import BODY_TOO_LARGE, SENT, mirror_decision
+from fastmirror.proxy.mirror import MirrorJob, shadow_request_head
+from fastmirror.proxy.pool import UpstreamConnection
+from fastmirror.proxy.router import BODY_TOO_LARGE, SENT, mirror_decision
 
 if TYPE_CHECKING:
-    from .comparator import Pending
-    from .mirror import Capture
-    from .server import ProxyContext, Settings
+    from fastmirror.diffing.comparator import Pending
+    from fastmirror.proxy.context import ProxyContext, Settings
+    from fastmirror.proxy.mirror import Capture
 
 log = logging.getLogger("fastmirror.downstream")
 
@@ -65,7 +65,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.client_eof = False
         self.tunnel = False
         self.reading_head = False  # a head is arriving: header_timeout runs (not idle)
-        # Set when this connection is to end at its next response (server.Shedder,
+        # Set when this connection is to end at its next response (rebalance.Shedder,
         # rebalancing keep-alive clients after a worker restart).
         self.close_after_response = False
         self.seq = 0
@@ -568,6 +568,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.head is None and not self.tunnel:
             self._close()
 
+    def abort(self) -> None:
+        """The drain timed out: drop the connection now, whatever is in flight."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def _close(self) -> None:
         if self.closed:
             return
@@ -617,5 +622,5 @@ class DownstreamProtocol(asyncio.Protocol):
             "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
             "id": self.request_id,
             "mirror": self.mirror_reason or "none",
-            "upstream": self.ctx.settings.primary_pool.address,
+            "upstream": self.settings.primary_pool.address,   # the one this request used
         })

@@ -11,8 +11,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-from .config import Address, ConfigError
-from .metrics import Registry
+from fastmirror.config import Address, ConfigError
+from fastmirror.ops.metrics import Registry
 
 log = logging.getLogger("fastmirror.listener")
 

@@ -12,8 +12,8 @@ import os
 from collections import deque
 from typing import Any
 
-from .hotpath import shadow_head
-from .metrics import MirrorStats
+from fastmirror.hotpath import shadow_head
+from fastmirror.ops.metrics import MirrorStats
 
 SHADOW_MARKER = b"x-fastmirror-shadow: 1\r\nx-fastmirror-id: "
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .codec import RequestHead
-from .hotpath import key_hash, percent_to_ppm, random_u64, sample
+from fastmirror.hotpath import key_hash, percent_to_ppm, random_u64, sample
+from fastmirror.proxy.codec import RequestHead
 
 # Why a request was not mirrored (access log `mirror` field).
 SENT = "sent"

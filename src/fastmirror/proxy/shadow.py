@@ -11,10 +11,10 @@ import asyncio
 import logging
 import time
 
-from .codec import ResponseError, ResponseFramer
-from .metrics import MirrorStats, UpstreamStats
-from .mirror import Capture, MirrorJob, MirrorQueue
-from .pool import UpstreamConnection, UpstreamPool
+from fastmirror.ops.metrics import MirrorStats, UpstreamStats
+from fastmirror.proxy.codec import ResponseError, ResponseFramer
+from fastmirror.proxy.mirror import Capture, MirrorJob, MirrorQueue
+from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("fastmirror.shadow")
 
@@ -28,25 +28,34 @@ BACKOFF_MAX = 2.0
 class ShadowTarget:
     """One shadow upstream: queue, pool, in-flight cap, timeout, stats."""
 
-    def __init__(self, host: str, port: int, *, queue_size: int, concurrency: int,
-                 timeout: float, connect_timeout: float,
-                 stats: UpstreamStats, mirror_stats: MirrorStats,
-                 part_name: str | None = None, capture_limit: int = 0) -> None:
+    def __init__(self, host: str, port: int, *, role: str = "shadow",
+                 stats: UpstreamStats, mirror_stats: MirrorStats) -> None:
         self.address = f"{host}:{port}"
+        self.role = role   # "shadow", or "secondary" (noise cancellation)
         # What the comparator calls this target's response: its address, or "secondary".
-        self.part_name = part_name or self.address
-        self.capture_limit = capture_limit
-        self.pool = UpstreamPool(host, port, min(connect_timeout, timeout),
-                                 max_idle=concurrency)
-        self.queue = MirrorQueue(queue_size, mirror_stats)
-        self.concurrency = concurrency
-        self.timeout = timeout
+        self.part_name = "secondary" if role == "secondary" else self.address
         self.stats = stats
         self.mirror_stats = mirror_stats
         self.active: set[ShadowExchange] = set()
         self._connect_failures = 0
         self._down_until = 0.0
         self.closed = False
+        # Tunables: set by configure(), before the first copy and again on each reload.
+        self.pool = UpstreamPool(host, port, 0.0)
+        self.queue = MirrorQueue(0, mirror_stats)
+        self.concurrency = 0
+        self.timeout = 0.0
+        self.capture_limit = 0
+
+    def configure(self, *, queue_size: int, concurrency: int, timeout: float,
+                  connect_timeout: float, capture_limit: int) -> None:
+        """Apply a config's settings: at start-up, and to a target a reload keeps."""
+        self.queue.maxsize = queue_size
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.capture_limit = capture_limit
+        self.pool.connect_timeout = min(connect_timeout, timeout)
+        self.pool.max_idle = concurrency
 
     def submit(self, job: MirrorJob) -> str:
         """Send now if a slot is free, else queue, else drop; return what happened.
