@@ -214,7 +214,7 @@ class Worker:
         if ctx.connections:
             log.warning("drain timeout: closing %d connections", len(ctx.connections))
             for conn in list(ctx.connections):
-                conn.abort()
+                conn.drop()
         log.info("drained, exiting")
 
     async def _sweep_forever(self) -> None:

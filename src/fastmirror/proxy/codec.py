@@ -40,6 +40,7 @@ __all__ = [
     "parse_request_head",
     "check_partial_head",
     "skip_empty_lines",
+    "holds_no_request",
     "error_response",
     "find_head_end",
 ]
@@ -85,6 +86,18 @@ def check_partial_head(data: bytes) -> None:
     eol = data.find(b"\r\n")
     if eol >= 0 and _REQUEST_LINE_SHAPE.match(data, 0, eol + 2) is None:
         raise HttpError(400, "malformed request line")
+
+
+def holds_no_request(buf: bytes) -> bool:
+    """Buffered bytes after a client's half-close hold neither a complete request head
+    (it will be answered) nor a partial one already known bad (answered 400)."""
+    if find_head_end(buf, 0) >= 0:
+        return False
+    try:
+        check_partial_head(buf[skip_empty_lines(buf):])
+    except HttpError:
+        return False
+    return True
 
 
 def skip_empty_lines(data: bytes) -> int:
@@ -179,10 +192,33 @@ def parse_request_head(raw: bytes) -> RequestHead:
 
 
 def _parse_request_head_slow(raw: bytes) -> RequestHead:
+    lower = raw.lower()
+    event = _h11_request(raw, lower)
+    http10 = event.http_version == b"1.0"
+    content_length, chunked, upgrade_header, conn_tokens, host = _framing_fields(event, lower)
+    if chunked:
+        if content_length >= 0:
+            raise HttpError(400, "Content-Length with Transfer-Encoding")
+        if http10:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if _NOT_CONNECTION_OPTIONS.intersection(conn_tokens):
+        # Cutting the line that frames or routes the request, then framing its body by
+        # it, would hand the primary the body as its next request (RFC 9110 7.6.1).
+        raise HttpError(400, "Connection names a framing or routing header")
+    if host is not None and target_authority(event.target) not in (None, host.lower()):
+        raise HttpError(400, "absolute-form target and Host name different hosts")
+    upgrade = upgrade_header and b"upgrade" in conn_tokens
+    keep_alive = not http10 and b"close" not in conn_tokens
+    forward = _strip_hop_by_hop(raw, lower, conn_tokens, upgrade)
+    return RequestHead(raw, forward, event.method, event.target, http10,
+                       content_length, chunked, keep_alive, upgrade)
+
+
+def _h11_request(raw: bytes, lower: bytes) -> h11.Request:
+    """The head as h11 reads it, after the checks h11 does not make; or HttpError."""
     code = check_head(raw)
     if code:
         raise HttpError(400, HEAD_ERR_MESSAGES[code])
-    lower = raw.lower()
     if lower.count(b"\ntransfer-encoding:") > 1:
         raise HttpError(400, "multiple Transfer-Encoding headers")
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(raw) + 1)
@@ -196,6 +232,12 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
     check_request_line(event.method, event.target)
     if event.http_version not in (b"1.1", b"1.0"):
         raise HttpError(505, "HTTP version not supported")
+    return event
+
+
+def _framing_fields(event: h11.Request, lower: bytes
+                    ) -> tuple[int, bool, bool, list[bytes], bytes | None]:
+    """(content_length, chunked, upgrade header, Connection tokens, Host) of a head."""
     # h11 merges duplicate Content-Length headers and accepts "5, 5"; count the raw
     # lines instead (check_head guarantees "\nname:" is the only way a field starts).
     content_length = -1
@@ -219,23 +261,7 @@ def _parse_request_head_slow(raw: bytes) -> RequestHead:
             conn_tokens.extend(t.strip() for t in value.lower().split(b","))
         elif name == b"upgrade":
             upgrade_header = True
-    http10 = event.http_version == b"1.0"
-    if chunked:
-        if content_length >= 0:
-            raise HttpError(400, "Content-Length with Transfer-Encoding")
-        if http10:
-            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
-    if _NOT_CONNECTION_OPTIONS.intersection(conn_tokens):
-        # Cutting the line that frames or routes the request, then framing its body by
-        # it, would hand the primary the body as its next request (RFC 9110 7.6.1).
-        raise HttpError(400, "Connection names a framing or routing header")
-    if host is not None and target_authority(event.target) not in (None, host.lower()):
-        raise HttpError(400, "absolute-form target and Host name different hosts")
-    upgrade = upgrade_header and b"upgrade" in conn_tokens
-    keep_alive = not http10 and b"close" not in conn_tokens
-    forward = _strip_hop_by_hop(raw, lower, conn_tokens, upgrade)
-    return RequestHead(raw, forward, event.method, event.target, http10,
-                       content_length, chunked, keep_alive, upgrade)
+    return content_length, chunked, upgrade_header, conn_tokens, host
 
 
 def _content_length(value: bytes, lower: bytes) -> int:

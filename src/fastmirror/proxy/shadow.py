@@ -15,6 +15,7 @@ from fastmirror.ops.metrics import MirrorStats, UpstreamStats
 from fastmirror.proxy.codec import ResponseError, ResponseFramer
 from fastmirror.proxy.mirror import Capture, MirrorJob, MirrorQueue
 from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
+from fastmirror.proxy.rules import retry_on_new_connection
 
 log = logging.getLogger("fastmirror.shadow")
 
@@ -198,7 +199,8 @@ class ShadowExchange:
 
     def _lost(self) -> None:
         """The connection ended before the response did."""
-        if self.reused and not self.got_bytes and not self.finished and self.job.retry_safe:
+        if not self.finished and retry_on_new_connection(self.reused, self.got_bytes,
+                                                         self.job.retry_safe):
             # A pooled connection the shadow had just closed: retry once on a new one.
             self._detach(reuse=False)
             self.reused = False

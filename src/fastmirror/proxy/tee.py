@@ -1,0 +1,105 @@
+"""The copy of one sampled request on its way to the shadows (the mirror tee).
+
+Built when the router says "sent": the shadow's head (Host `name-shadow`, the request-id
+marker), then the body as it streams to the primary, up to --max-mirror-body; handed
+whole to every shadow's queue once the request is complete, never before (a shadow must
+not see half a request). With diffing on, it also holds the comparator's record of the
+request and the bounded copy of the primary's answer. It never waits: queues drop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastmirror.proxy.codec import RequestHead
+from fastmirror.proxy.mirror import MirrorJob, shadow_request_head
+from fastmirror.proxy.router import BODY_TOO_LARGE, SENT
+from fastmirror.proxy.rules import mirror_outcome, retry_safe
+
+if TYPE_CHECKING:
+    from fastmirror.diffing.comparator import Pending
+    from fastmirror.proxy.context import Settings
+    from fastmirror.proxy.mirror import Capture
+
+
+class MirrorTee:
+    """The mirror copy of one request; `reason` is what the access log records."""
+
+    __slots__ = ("settings", "head", "request_id", "data", "body", "reason", "diff",
+                 "capture", "submitted")
+
+    def __init__(self, settings: Settings, head: RequestHead, request_id: str) -> None:
+        self.settings = settings
+        self.head = head
+        self.request_id = request_id
+        self.reason = SENT
+        self.data = shadow_request_head(head.forward, settings.host_suffix, request_id)
+        self.body: bytearray | None = bytearray() if head.has_body else None
+        self.submitted = False
+        # With diffing: the comparator's record, and the bounded copy of the primary's answer.
+        self.diff: Pending | None = None
+        self.capture: Capture | None = None
+        comparator = settings.comparator
+        if comparator is not None:
+            self.diff = comparator.expect(request_id, head.method, head.target,
+                                          head.method == b"HEAD")
+            if self.diff is not None:
+                self.capture = comparator.capture()
+
+    def add_body(self, chunk: bytes) -> None:
+        """Body bytes as they go to the primary; past the cap, this copy is skipped."""
+        body = self.body
+        if body is None:
+            return
+        if len(body) + len(chunk) > self.settings.policy.max_body:
+            self.body = None
+            self.reason = BODY_TOO_LARGE
+            count_skipped(self.settings)
+            self.end_diff(BODY_TOO_LARGE)
+        else:
+            body += chunk
+
+    def submit(self) -> None:
+        """The whole request went to the primary: hand the copy to every shadow."""
+        if self.reason != SENT:
+            return
+        data = self.data
+        if self.body:
+            data += self.body
+        self.body = None
+        head = self.head
+        job = MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff,
+                        retry_safe(head.method, head.has_body))
+        self.submitted = True
+        s = self.settings
+        outcomes = [shadow.submit(job) for shadow in s.shadows]
+        if job.diff is not None and s.secondary is not None:
+            s.secondary.submit(job)
+        self.reason = mirror_outcome(outcomes, SENT)
+
+    def primary_answered(self) -> None:
+        """The primary's response is complete: the comparator gets its copy."""
+        if self.diff is None:
+            return
+        if self.submitted and self.capture is not None:
+            raw, why = self.capture.result()
+            self.diff.primary_done(raw, why)
+            self.diff = None
+        else:
+            self.end_diff("request-incomplete")
+
+    def end_diff(self, reason: str) -> None:
+        """This request's responses will not all arrive: tell the comparator why."""
+        pending, self.diff = self.diff, None
+        if pending is None:
+            return
+        if self.submitted:
+            pending.primary_done(None, reason)
+        else:
+            pending.abandon(reason)
+
+
+def count_skipped(settings: Settings) -> None:
+    """A sampled request whose body is over --max-mirror-body: skipped, per shadow."""
+    for shadow in settings.shadows:
+        shadow.mirror_stats.skipped += 1
