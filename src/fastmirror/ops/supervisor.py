@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from fastmirror.config import Address, Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config
 from fastmirror.ops.logs import setup_logging
 from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
@@ -92,8 +92,8 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
         except ConfigError as exc:
             return _fail(str(exc))
         return serve(config, config_path, overrides, listen_sock=sock)
-    try:
-        check_bindable(config.listen)
+    try:  # a bad address fails here, once, rather than in every worker
+        bind_listener(config.listen, reuse_port=True, listen=False).close()
     except ConfigError as exc:
         return _fail(str(exc))
     import uvloop
@@ -105,25 +105,6 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
 def _fail(message: str) -> int:
     print(f"fastmirror: error: {message}", file=sys.stderr)
     return 2
-
-
-def check_bindable(address: Address) -> None:
-    """Bind (but never listen on) a SO_REUSEPORT socket, so a bad address fails early.
-
-    Not listening matters: the kernel would hand this socket a share of the
-    connections, and nobody accepts on it.
-
-    Raises:
-        ConfigError: the address cannot be bound.
-    """
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address.host, address.port))
-    except OSError as exc:
-        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------
