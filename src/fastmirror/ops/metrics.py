@@ -138,24 +138,6 @@ class UpstreamStats:
     def count(self) -> int:
         return sum(self.buckets)
 
-    def code_counts(self) -> dict[str, int]:
-        """Counts by ``code`` label; the always-present classes included at 0."""
-        out = dict.fromkeys(_ALWAYS_CODES, 0)
-        for i, n in enumerate(self.codes):
-            if n:
-                label = _CODE_LABELS[i]
-                out[label] = out.get(label, 0) + n
-        return out
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``[(upper_bound, cumulative_count), ..., (inf, count)]`` for quantile()."""
-        out: list[tuple[float, int]] = []
-        acc = 0
-        for bound, n in zip((*BUCKETS, math.inf), self.buckets):
-            acc += n
-            out.append((bound, acc))
-        return out
-
 
 class MirrorStats:
     """Outcome counters and queue depth of one shadow upstream.
