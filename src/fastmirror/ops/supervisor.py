@@ -126,12 +126,49 @@ class Child:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
+    @classmethod
+    async def start(cls, index: int, config_path: str | None, overrides: dict[str, object],
+                    mirror_percent: float | None) -> Child:
+        """Start worker index: `python -m fastmirror.ops.supervisor`, its WorkerSpec on stdin.
+
+        Raises:
+            OSError: the process could not be started.
+        """
+        ours, theirs = socket.socketpair()
+        spec = WorkerSpec(index, theirs.fileno(), config_path, overrides, mirror_percent)
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        try:  # fork+exec takes ~1 ms of the loop, only at start and restart
+            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.ops.supervisor"],  # noqa: ASYNC220
+                                    stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(spec.encode())  # a few hundred bytes: fits the pipe buffer
+            proc.stdin.close()
+        except OSError:  # died at once; Supervisor._watch sees it
+            pass
+        return cls(index, proc, await SupervisorEnd.open(ours))
+
     def kill(self, signum: int) -> None:
         if self.proc.poll() is None:
             try:
                 os.kill(self.proc.pid, signum)
             except ProcessLookupError:
                 pass
+
+    async def reap(self, timeout: float) -> None:
+        """Wait for the process to exit, killing it after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill(signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(0.02)
 
 
 class SupervisorRuntime:
@@ -151,10 +188,14 @@ class SupervisorRuntime:
 
     @property
     def mirror_percent(self) -> float:
-        return self.sup.mirror_percent
+        sup = self.sup
+        return sup.config.mirror_percent if sup.percent_override is None else sup.percent_override
 
     def set_mirror_percent(self, percent: float) -> None:
-        self.sup.set_mirror_percent(percent)
+        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
+        self.sup.percent_override = percent
+        for child in self.sup.children.values():
+            child.channel.send(control.set_percent(percent))
 
     @property
     def draining(self) -> bool:
@@ -164,7 +205,16 @@ class SupervisorRuntime:
     async def render_metrics(self) -> bytes:
         from fastmirror.ops.metrics import render_snapshots
 
-        return render_snapshots(await self.sup.snapshots())
+        return render_snapshots(await self.snapshots())
+
+    async def snapshots(self) -> list[Mapping[str, Any]]:
+        """What /metrics sums: every worker's latest snapshot and the retired counters.
+
+        A worker that is late keeps counting with its previous snapshot; a dead one
+        with its last snapshot, gauges zeroed (see metrics.WorkerTotals).
+        """
+        await self.sup.ask("snapshot")  # the replies land in sup.totals (_on_message)
+        return self.sup.totals.snapshots()
 
     async def diffs_snapshot(self) -> dict[str, Any]:
         """Every ready worker's DiffStore snapshot, merged (a late worker is left out)."""
@@ -310,30 +360,11 @@ class Supervisor:
                 pass
 
     async def _spawn(self, index: int) -> Child:
-        ours, theirs = socket.socketpair()
-        spec = WorkerSpec(index, theirs.fileno(), self.config_path, self.overrides,
-                          self.percent_override)
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
-        try:  # fork+exec takes ~1 ms of the loop, only at start and restart
-            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.ops.supervisor"],  # noqa: ASYNC220
-                                    stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(spec.encode())  # a few hundred bytes: fits the pipe buffer
-            proc.stdin.close()
-        except OSError:  # died at once; _watch sees it
-            pass
-        channel = await SupervisorEnd.open(ours)
-        child = self.children[index] = Child(index, proc, channel)
+        child = await Child.start(index, self.config_path, self.overrides, self.percent_override)
+        self.children[index] = child
         if self.draining:
             child.kill(signal.SIGTERM)
-        log.debug("worker %d started, pid %d", index, proc.pid)
+        log.debug("worker %d started, pid %d", index, child.pid)
         return child
 
     async def _watch(self, child: Child) -> None:
@@ -349,12 +380,7 @@ class Supervisor:
         child.channel.close()
         # EOF comes when the process exits (nothing else holds its end), so this is short;
         # the bound covers a worker that closed the channel and hangs while draining.
-        deadline = time.monotonic() + self.config.drain_timeout + KILL_GRACE
-        while child.proc.poll() is None:
-            if time.monotonic() > deadline:
-                child.kill(signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(0.02)
+        await child.reap(self.config.drain_timeout + KILL_GRACE)
         self.totals.retire(child)
 
     def _on_message(self, child: Child, msg: object) -> None:
@@ -425,19 +451,7 @@ class Supervisor:
                     # scrapes takes at most HEARTBEAT seconds of counts with it.
                     child.channel.send(control.heartbeat())
 
-    # -- what the admin endpoint needs -----------------------------------------------
-
-    @property
-    def mirror_percent(self) -> float:
-        if self.percent_override is not None:
-            return self.percent_override
-        return self.config.mirror_percent
-
-    def set_mirror_percent(self, percent: float) -> None:
-        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
-        self.percent_override = percent
-        for child in self.children.values():
-            child.channel.send(control.set_percent(percent))
+    # -- asking the workers ------------------------------------------------------------
 
     async def ask(self, op: str) -> list[tuple[Child, control.Message]]:
         """Ask every ready worker (control.ASKS); (worker, reply) of those that answer
@@ -451,14 +465,6 @@ class Supervisor:
                         "its previous one counts" if op == "snapshot" else "left out of this answer")
         return answered
 
-    async def snapshots(self) -> list[Mapping[str, Any]]:
-        """What /metrics sums: every worker's latest snapshot and the retired counters.
-
-        A worker that is late keeps counting with its previous snapshot; a dead one
-        with its last snapshot, gauges zeroed (see metrics.WorkerTotals).
-        """
-        await self.ask("snapshot")  # the replies land in self.totals (_on_message)
-        return self.totals.snapshots()
 
 
 def _describe(returncode: int | None) -> str:
