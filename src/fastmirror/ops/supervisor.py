@@ -172,7 +172,7 @@ class Child:
 
 
 class SupervisorRuntime:
-    """What admin.py reads and sets, answered for all the workers together."""
+    """What the admin endpoint reads and sets, for all the workers together (admin.AdminRuntime)."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup

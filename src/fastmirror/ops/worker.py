@@ -35,7 +35,7 @@ SWEEP_INTERVAL = 0.25  # timeouts are enforced to within this
 
 
 class Runtime:
-    """What the admin endpoint reads and sets (see admin.py)."""
+    """What the admin endpoint reads and sets in this process (admin.AdminRuntime)."""
 
     def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None,
                  diffs: "Diffing | None" = None):
