@@ -1,6 +1,6 @@
 """Process model: the proxy in this process, or a supervisor and N worker processes.
 
-``--workers 1`` (the default) runs the proxy right here (server.serve). With N > 1 this
+``--workers 1`` (the default) runs the proxy right here (ops/worker.serve). With N > 1 this
 process becomes a supervisor, like nginx's master: it starts N workers with
 ``python -m fastmirror.ops.supervisor`` (a fresh interpreter, never a fork of a running event
 loop), each binding its own SO_REUSEPORT socket on the listen address so that the
