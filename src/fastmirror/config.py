@@ -446,10 +446,6 @@ class Config:
     diff: DiffConfig = DiffConfig()
 
     @property
-    def mirror_all_methods(self) -> bool:
-        return self.mirror_methods == ("ALL",)
-
-    @property
     def effective_workers(self) -> int:
         """`workers`, with 0 resolved to the CPUs this process may run on (cgroups/affinity)."""
         if self.workers:

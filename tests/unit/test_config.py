@@ -52,7 +52,6 @@ def test_defaults():
     assert cfg.shadow == ()
     assert cfg.mirror_percent == 0.0
     assert cfg.mirror_methods == ("GET", "HEAD", "OPTIONS")
-    assert not cfg.mirror_all_methods
     assert cfg.admin == Address("127.0.0.1", 9901)
     assert (cfg.workers, cfg.effective_workers) == (1, 1)
     assert (cfg.queue_size, cfg.shadow_concurrency) == (1024, 64)
@@ -223,7 +222,7 @@ def test_shadow_as_a_string(toml):
 
 
 def test_mirror_methods_all_and_comma_list():
-    assert load_config(None, PRIMARY | {"mirror_methods": "all"}).mirror_all_methods
+    assert load_config(None, PRIMARY | {"mirror_methods": "all"}).mirror_methods == ("ALL",)
     cfg = load_config(None, PRIMARY | {"mirror_methods": "get, POST,get,"})
     assert cfg.mirror_methods == ("GET", "POST")
 

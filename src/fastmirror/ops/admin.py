@@ -22,12 +22,10 @@ Unknown paths get 404, other methods 405 with ``Allow``; errors are JSON
 ``{"error": "..."}``. Keep-alive and pipelining work; a request h11 rejects gets its
 4xx and the connection is closed. It keeps answering while the proxy drains.
 
-The runtime is duck-typed: ``config_dict()`` (or ``.config`` for
-``fastmirror.config.config_to_dict``), ``mirror_percent``,
-``set_mirror_percent(p)``, ``draining``, ``render_metrics()`` (or ``.registry``),
-``diffs_snapshot()`` (optional: without it, or with ``config.diff.enabled`` false,
-``/diffs`` is the empty snapshot ``{"upstreams": {}}``). Any of the calls may
-return an awaitable (a parent process collecting its workers, say); it is awaited.
+What it reads and sets is an ``AdminRuntime`` (below): ops/worker.Runtime for one
+process, ops/supervisor.SupervisorRuntime for ``--workers N``, whose calls return
+awaitables (it asks its workers); mypy checks both against it. With
+``config.diff.enabled`` false, ``/diffs`` is the empty snapshot ``{"upstreams": {}}``.
 This module does not decide anything about the proxy; it only reads and sets.
 """
 
@@ -38,14 +36,17 @@ import inspect
 import logging
 import math
 import socket
+from collections.abc import Awaitable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import orjson
 
-__all__ = ["AdminProtocol", "start_admin"]
+from fastmirror.config import Config
+
+__all__ = ["AdminProtocol", "AdminRuntime", "start_admin"]
 
 _log = logging.getLogger("fastmirror.admin")
 
@@ -74,6 +75,36 @@ HTML = "text/html; charset=utf-8"
 _DIFF_FORMATS = ("json", "text", "html")
 
 Response = tuple[int, str, bytes, list[tuple[str, str]]]
+T = TypeVar("T")
+# A value, or an awaitable of it: a supervisor answers by asking its workers.
+MaybeAwaitable: TypeAlias = "T | Awaitable[T]"
+JSONObject: TypeAlias = dict[str, Any]  # a JSON document (config_to_dict, DiffStore.snapshot)
+
+
+class AdminRuntime(Protocol):
+    """What the admin endpoint reads and sets, for one worker or for all of them."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def mirror_percent(self) -> float: ...
+
+    @property
+    def draining(self) -> bool:
+        """/ready answers 503 while true."""
+
+    def config_dict(self) -> MaybeAwaitable[JSONObject]:
+        """/config: the effective configuration, mirror_percent as it is now."""
+
+    def set_mirror_percent(self, percent: float) -> MaybeAwaitable[None]:
+        """PUT /mirror (0 <= percent <= 100); a ValueError becomes a 400."""
+
+    def render_metrics(self) -> MaybeAwaitable[bytes]:
+        """/metrics: the Prometheus text exposition."""
+
+    def diffs_snapshot(self) -> MaybeAwaitable[JSONObject]:
+        """/diffs and /report: the DiffStore snapshot (asked only with diffing on)."""
 
 
 class HTTPError(Exception):
@@ -83,8 +114,10 @@ class HTTPError(Exception):
         self.headers = headers or []
 
 
-async def _call(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+async def _call(value: MaybeAwaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await cast(Awaitable[T], value)
+    return value
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -94,7 +127,7 @@ def _json(obj: Any, status: int = 200) -> Response:
 class Handler:
     """Maps (method, target, body) to a response; no I/O of its own."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: AdminRuntime) -> None:
         self.runtime = runtime
 
     async def handle(self, method: str, target: str, body: bytes) -> Response:
@@ -134,19 +167,22 @@ class Handler:
             raise HTTPError(400, str(exc)) from None
         return _json({"percent": rt.mirror_percent})
 
-    async def _metrics(self) -> bytes:
-        # ARCHITECTURE.md's Runtime may only expose .registry; use it then.
-        render = getattr(self.runtime, "render_metrics", None) or self.runtime.registry.render
-        data = await _call(render())
-        return data.encode() if isinstance(data, str) else bytes(data)
+    # Both real runtimes are whole AdminRuntimes. The test doubles of
+    # tests/e2e/test_admin.py may leave out render_metrics (a .registry renders then),
+    # config (diffing counts as on) and diffs_snapshot (the empty snapshot): the two
+    # getattr() below keep answering them.
 
-    async def _diffs_snapshot(self) -> dict[str, Any]:
+    async def _metrics(self) -> bytes:
+        render = getattr(self.runtime, "render_metrics", None) or getattr(self.runtime, "registry").render
+        return bytes(await _call(render()))
+
+    async def _diffs_snapshot(self) -> JSONObject:
         rt = self.runtime
         diff_config = getattr(getattr(rt, "config", None), "diff", None)
         snapshot = getattr(rt, "diffs_snapshot", None)
         if snapshot is None or not getattr(diff_config, "enabled", True):
             return {"upstreams": {}}
-        return cast(dict[str, Any], await _call(snapshot()))
+        return cast(JSONObject, await _call(snapshot()))
 
     async def _diffs(self, query: str) -> Response:
         fmt = _one(parse_qs(query), "format", "json")
@@ -172,13 +208,8 @@ class Handler:
         metrics = (await self._metrics()).decode("utf-8", "replace")
         return _json(build_report(metrics, await self._diffs_snapshot(), thresholds))
 
-    async def _config(self) -> Any:
-        rt = self.runtime
-        if hasattr(rt, "config_dict"):
-            return await _call(rt.config_dict())
-        from fastmirror.config import config_to_dict
-
-        return config_to_dict(rt.config)
+    async def _config(self) -> JSONObject:
+        return await _call(self.runtime.config_dict())
 
 
 def _one(args: dict[str, list[str]], key: str, default: str) -> str:
@@ -368,7 +399,7 @@ class AdminProtocol(asyncio.Protocol):
 
 
 async def start_admin(
-    runtime: Any, host: str | None, port: int | None, sock: socket.socket | None = None
+    runtime: AdminRuntime, host: str | None, port: int | None, sock: socket.socket | None = None
 ) -> asyncio.AbstractServer:
     """Listen for admin requests on (host, port), or on an already bound ``sock``.
 

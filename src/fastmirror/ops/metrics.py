@@ -49,6 +49,7 @@ process_*                                   various                             
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -137,24 +138,6 @@ class UpstreamStats:
     @property
     def count(self) -> int:
         return sum(self.buckets)
-
-    def code_counts(self) -> dict[str, int]:
-        """Counts by ``code`` label; the always-present classes included at 0."""
-        out = dict.fromkeys(_ALWAYS_CODES, 0)
-        for i, n in enumerate(self.codes):
-            if n:
-                label = _CODE_LABELS[i]
-                out[label] = out.get(label, 0) + n
-        return out
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``[(upper_bound, cumulative_count), ..., (inf, count)]`` for quantile()."""
-        out: list[tuple[float, int]] = []
-        acc = 0
-        for bound, n in zip((*BUCKETS, math.inf), self.buckets):
-            acc += n
-            out.append((bound, acc))
-        return out
 
 
 class MirrorStats:
@@ -424,6 +407,14 @@ class _StatsCollector(Collector):
 
 
 def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
+    """Every metric family of one snapshot, in the order they are exported."""
+    yield from _upstream_families(snap["upstreams"])
+    yield from _mirror_families(snap["mirrors"])
+    yield from _downstream_families(snap)
+    yield from _process_families(snap)
+
+
+def _upstream_families(upstreams: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
     hist = HistogramMetricFamily(
         "fastmirror_request_duration_seconds",
         "Time from sending the request to the full upstream response.",
@@ -434,23 +425,25 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         "Upstream responses by status class; error = no response.",
         labels=("role", "upstream", "code"),
     )
-    for u in snap["upstreams"]:
+    for u in upstreams:
         labels = (u["role"], u["upstream"])
-        cum: list[tuple[str, float]] = []
-        acc = 0
-        for le, n in zip(_LE, u["buckets"]):
-            acc += n
-            cum.append((le, acc))
-        hist.add_metric(labels, cum, u["sum"])
-        codes = dict.fromkeys(_ALWAYS_CODES, 0)
-        for i, n in enumerate(u["codes"]):
-            if n:
-                codes[_CODE_LABELS[i]] = codes.get(_CODE_LABELS[i], 0) + n
-        for code, n in sorted(codes.items()):
+        hist.add_metric(labels, list(zip(_LE, itertools.accumulate(u["buckets"]))), u["sum"])
+        for code, n in sorted(_by_code(u["codes"]).items()):
             resp.add_metric((*labels, code), n)
     yield hist
     yield resp
 
+
+def _by_code(codes: Sequence[int]) -> dict[str, int]:
+    """UpstreamStats.codes by ``code`` label; the always-present classes included at 0."""
+    out = dict.fromkeys(_ALWAYS_CODES, 0)
+    for i, n in enumerate(codes):
+        if n:
+            out[_CODE_LABELS[i]] = out.get(_CODE_LABELS[i], 0) + n
+    return out
+
+
+def _mirror_families(mirrors: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
     mirror = CounterMetricFamily(
         "fastmirror_mirror_requests_total",
         "Mirror copies per shadow by outcome.",
@@ -459,13 +452,15 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     depth = GaugeMetricFamily(
         "fastmirror_mirror_queue_depth", "Mirror copies waiting in the shadow queue.", labels=("upstream",)
     )
-    for m in snap["mirrors"]:
+    for m in mirrors:
         for outcome in OUTCOMES:
             mirror.add_metric((m["upstream"], outcome), m[outcome])
         depth.add_metric((m["upstream"],), m["depth"])
     yield mirror
     yield depth
 
+
+def _downstream_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "fastmirror_downstream_requests_total", "Client requests received.", value=snap["downstream_requests"]
     )
@@ -488,6 +483,9 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         "Times the listener stopped accepting at --max-connections (new connections wait in the backlog).",
         value=snap.get("accept_paused", 0),
     )
+
+
+def _process_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "fastmirror_access_log_dropped_total",
         "Access-log records dropped because the write buffer was full.",

@@ -1,6 +1,6 @@
 """Process model: the proxy in this process, or a supervisor and N worker processes.
 
-``--workers 1`` (the default) runs the proxy right here (server.serve). With N > 1 this
+``--workers 1`` (the default) runs the proxy right here (ops/worker.serve). With N > 1 this
 process becomes a supervisor, like nginx's master: it starts N workers with
 ``python -m fastmirror.ops.supervisor`` (a fresh interpreter, never a fork of a running event
 loop), each binding its own SO_REUSEPORT socket on the listen address so that the
@@ -15,15 +15,10 @@ kernel spreads connections over them. The supervisor serves no traffic. It:
   (metrics.WorkerTotals);
 - tells systemd ``READY=1`` once every worker listens.
 
-Each worker holds one end of a ``socketpair()``: the control channel, newline-delimited
-JSON (server.Worker._serve_control). Supervisor → worker: ``{"op": "snapshot", "id": N}``
-(also the heartbeat, every HEARTBEAT s, with id 0),
-``{"op": "diffs", "id": N}``, ``{"op": "percent", "value": P}``, ``{"op": "ping"}``,
-``{"op": "shed", "count": K, "window": S}`` (close K client connections over S seconds,
-to rebalance after a restart: see REBALANCE_ROUNDS); worker →
-supervisor: ``{"op": "ready", "pid": PID}`` once listening, ``{"id": N, "snapshot": {...}}``,
-``{"id": N, "diffs": {...}}`` (its DiffStore snapshot), ``{"op": "pong"}``. EOF tells each side that the other is gone: a worker whose
-supervisor died drains and exits rather than live on as an orphan.
+Each worker holds one end of a ``socketpair()``, the control channel; its messages,
+both ends and the matching of replies to requests are in ops/control.py. EOF tells
+each side that the other is gone: a worker whose supervisor died drains and exits
+rather than live on as an orphan.
 """
 
 from __future__ import annotations
@@ -36,12 +31,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from fastmirror.config import Address, Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.ops import control
+from fastmirror.ops.control import SupervisorEnd, WorkerSpec
 from fastmirror.ops.logs import setup_logging
 from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
@@ -77,7 +72,6 @@ HEARTBEAT = 5.0
 HEARTBEAT_DEAD = 3 * HEARTBEAT
 # On SIGTERM, workers get drain_timeout to finish; this much more before SIGKILL.
 KILL_GRACE = 5.0
-CHANNEL_LIMIT = 64 * 1024 * 1024  # one snapshot line; they are a few KiB per upstream
 
 
 def run(config: Config, config_path: str | None, overrides: dict[str, object] | None = None) -> int:
@@ -92,8 +86,8 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
         except ConfigError as exc:
             return _fail(str(exc))
         return serve(config, config_path, overrides, listen_sock=sock)
-    try:
-        check_bindable(config.listen)
+    try:  # a bad address fails here, once, rather than in every worker
+        bind_listener(config.listen, reuse_port=True, listen=False).close()
     except ConfigError as exc:
         return _fail(str(exc))
     import uvloop
@@ -107,25 +101,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-def check_bindable(address: Address) -> None:
-    """Bind (but never listen on) a SO_REUSEPORT socket, so a bad address fails early.
-
-    Not listening matters: the kernel would hand this socket a share of the
-    connections, and nobody accepts on it.
-
-    Raises:
-        ConfigError: the address cannot be bound.
-    """
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address.host, address.port))
-    except OSError as exc:
-        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
-
-
 # ---------------------------------------------------------------------------------
 # supervisor side
 # ---------------------------------------------------------------------------------
@@ -134,17 +109,14 @@ def check_bindable(address: Address) -> None:
 class Child:
     """One worker process and the supervisor's end of its control channel."""
 
-    def __init__(self, index: int, proc: subprocess.Popen[bytes],
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, index: int, proc: subprocess.Popen[bytes], channel: SupervisorEnd) -> None:
         self.index = index
         self.proc = proc
-        self.reader = reader
-        self.writer = writer
+        self.channel = channel
         self.started = time.monotonic()
         self.last_heard = self.started
         self.ready = False
         self.reload_pending = False  # SIGHUP arrived before it listened
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> reply
 
     @property
     def pid(self) -> int:
@@ -154,9 +126,33 @@ class Child:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    def send(self, msg: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(orjson.dumps(msg) + b"\n")
+    @classmethod
+    async def start(cls, index: int, config_path: str | None, overrides: dict[str, object],
+                    mirror_percent: float | None) -> Child:
+        """Start worker index: `python -m fastmirror.ops.supervisor`, its WorkerSpec on stdin.
+
+        Raises:
+            OSError: the process could not be started.
+        """
+        ours, theirs = socket.socketpair()
+        spec = WorkerSpec(index, theirs.fileno(), config_path, overrides, mirror_percent)
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        try:  # fork+exec takes ~1 ms of the loop, only at start and restart
+            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.ops.supervisor"],  # noqa: ASYNC220
+                                    stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(spec.encode())  # a few hundred bytes: fits the pipe buffer
+            proc.stdin.close()
+        except OSError:  # died at once; Supervisor._watch sees it
+            pass
+        return cls(index, proc, await SupervisorEnd.open(ours))
 
     def kill(self, signum: int) -> None:
         if self.proc.poll() is None:
@@ -165,9 +161,18 @@ class Child:
             except ProcessLookupError:
                 pass
 
+    async def reap(self, timeout: float) -> None:
+        """Wait for the process to exit, killing it after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill(signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(0.02)
+
 
 class SupervisorRuntime:
-    """What admin.py reads and sets, answered for all the workers together."""
+    """What the admin endpoint reads and sets, for all the workers together (admin.AdminRuntime)."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
@@ -183,10 +188,14 @@ class SupervisorRuntime:
 
     @property
     def mirror_percent(self) -> float:
-        return self.sup.mirror_percent
+        sup = self.sup
+        return sup.config.mirror_percent if sup.percent_override is None else sup.percent_override
 
     def set_mirror_percent(self, percent: float) -> None:
-        self.sup.set_mirror_percent(percent)
+        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
+        self.sup.percent_override = percent
+        for child in self.sup.children.values():
+            child.channel.send(control.set_percent(percent))
 
     @property
     def draining(self) -> bool:
@@ -196,7 +205,16 @@ class SupervisorRuntime:
     async def render_metrics(self) -> bytes:
         from fastmirror.ops.metrics import render_snapshots
 
-        return render_snapshots(await self.sup.snapshots())
+        return render_snapshots(await self.snapshots())
+
+    async def snapshots(self) -> list[Mapping[str, Any]]:
+        """What /metrics sums: every worker's latest snapshot and the retired counters.
+
+        A worker that is late keeps counting with its previous snapshot; a dead one
+        with its last snapshot, gauges zeroed (see metrics.WorkerTotals).
+        """
+        await self.sup.ask("snapshot")  # the replies land in sup.totals (_on_message)
+        return self.sup.totals.snapshots()
 
     async def diffs_snapshot(self) -> dict[str, Any]:
         """Every ready worker's DiffStore snapshot, merged (a late worker is left out)."""
@@ -225,7 +243,6 @@ class Supervisor:
         # Every worker's latest snapshot and the dead ones' counters: /metrics sums these,
         # so no exported counter ever goes down (metrics.WorkerTotals).
         self.totals = WorkerTotals()
-        self._seq = 0
         self._stopping = asyncio.Event()
         self._rebalancer: asyncio.Task[None] | None = None
 
@@ -343,68 +360,38 @@ class Supervisor:
                 pass
 
     async def _spawn(self, index: int) -> Child:
-        ours, theirs = socket.socketpair()
-        spec = {"index": index, "fd": theirs.fileno(), "config_path": self.config_path,
-                "overrides": self.overrides, "mirror_percent": self.percent_override}
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
-        try:  # fork+exec takes ~1 ms of the loop, only at start and restart
-            proc = subprocess.Popen([sys.executable, "-m", "fastmirror.ops.supervisor"],  # noqa: ASYNC220
-                                    stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(orjson.dumps(spec))  # a few hundred bytes: fits the pipe buffer
-            proc.stdin.close()
-        except OSError:  # died at once; _watch sees it
-            pass
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_LIMIT)
-        child = self.children[index] = Child(index, proc, reader, writer)
+        child = await Child.start(index, self.config_path, self.overrides, self.percent_override)
+        self.children[index] = child
         if self.draining:
             child.kill(signal.SIGTERM)
-        log.debug("worker %d started, pid %d", index, proc.pid)
+        log.debug("worker %d started, pid %d", index, child.pid)
         return child
 
     async def _watch(self, child: Child) -> None:
         """Read the child's messages until its channel closes, then reap it."""
         try:
-            while line := await child.reader.readline():
+            async for msg in child.channel.messages():
                 child.last_heard = time.monotonic()
-                self._on_message(child, orjson.loads(line))
+                self._on_message(child, msg)
         except (OSError, ValueError) as exc:
             log.error("worker %d (pid %d): control channel failed: %s", child.index, child.pid, exc)
             child.kill(signal.SIGKILL)
         self.totals.exit(child)  # its connections and queues are gone; its counters stay
-        child.writer.close()
-        for fut in child.pending.values():
-            fut.cancel()
+        child.channel.close()
         # EOF comes when the process exits (nothing else holds its end), so this is short;
         # the bound covers a worker that closed the channel and hangs while draining.
-        deadline = time.monotonic() + self.config.drain_timeout + KILL_GRACE
-        while child.proc.poll() is None:
-            if time.monotonic() > deadline:
-                child.kill(signal.SIGKILL)
-                deadline = float("inf")
-            await asyncio.sleep(0.02)
+        await child.reap(self.config.drain_timeout + KILL_GRACE)
         self.totals.retire(child)
 
-    def _on_message(self, child: Child, msg: Any) -> None:
-        if not isinstance(msg, dict):
-            return
-        reply = next((key for key in _REPLIES if key in msg), None)
-        if reply == "snapshot":
-            # Kept at once, even when the scrape that asked gave up on it: a later
-            # snapshot is never smaller, and the next scrape or retire uses this one.
-            self.totals.update(child, msg[reply])
-        if reply is not None:
-            fut = child.pending.pop(msg.get("id", 0), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg[reply])
-        elif msg.get("op") == "ready":
+    def _on_message(self, child: Child, msg: object) -> None:
+        kind = control.classify(msg)
+        if isinstance(kind, control.Reply):
+            if kind.op == "snapshot":
+                # Kept at once, even when the scrape that asked gave up on it: a later
+                # snapshot is never smaller, and the next scrape or retire uses this one.
+                self.totals.update(child, kind.payload)
+            child.channel.settle(kind)
+        elif isinstance(kind, control.Ready):
             self._on_ready(child)
 
     def _on_ready(self, child: Child) -> None:
@@ -444,7 +431,7 @@ class Supervisor:
                         log.info("rebalancing: worker %d (pid %d) closes %d of its %d client "
                                  "connections over %.1f s", child.index, child.pid, shed,
                                  n_conns, REBALANCE_WINDOW)
-                        child.send({"op": "shed", "count": shed, "window": REBALANCE_WINDOW})
+                        child.channel.send(control.shed(shed, REBALANCE_WINDOW))
             await asyncio.sleep(REBALANCE_WINDOW + REBALANCE_SETTLE)
 
     async def _heartbeat(self) -> None:
@@ -462,59 +449,22 @@ class Supervisor:
                     # The liveness probe asks for a snapshot (id 0: no scrape waits for
                     # it): its reply lands in self.totals, so a worker killed between
                     # scrapes takes at most HEARTBEAT seconds of counts with it.
-                    child.send({"op": "snapshot", "id": 0})
+                    child.channel.send(control.heartbeat())
 
-    # -- what the admin endpoint needs -----------------------------------------------
+    # -- asking the workers ------------------------------------------------------------
 
-    @property
-    def mirror_percent(self) -> float:
-        if self.percent_override is not None:
-            return self.percent_override
-        return self.config.mirror_percent
+    async def ask(self, op: str) -> list[tuple[Child, control.Message]]:
+        """Ask every ready worker (control.ASKS); (worker, reply) of those that answer
+        within SCRAPE_TIMEOUT (a late one is left out and logged)."""
+        asked = [(c, c.channel) for c in self.children.values()
+                 if c.ready and c.alive and not c.channel.closing]
+        answered, late = await control.ask_all(asked, op, SCRAPE_TIMEOUT)
+        for child in late:
+            log.warning("worker %d (pid %d): no %s within %.1f s; %s",
+                        child.index, child.pid, op, SCRAPE_TIMEOUT,
+                        "its previous one counts" if op == "snapshot" else "left out of this answer")
+        return answered
 
-    def set_mirror_percent(self, percent: float) -> None:
-        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
-        self.percent_override = percent
-        for child in self.children.values():
-            child.send({"op": "percent", "value": percent})
-
-    async def ask(self, op: str) -> list[tuple[Child, dict[str, Any]]]:
-        """Send ``{"op": op, "id": N}`` to every ready worker; (worker, reply) of those that
-        answer within SCRAPE_TIMEOUT (a late one is left out and logged)."""
-        loop = asyncio.get_running_loop()
-        asked: dict[asyncio.Future[dict[str, Any]], Child] = {}
-        for child in self.children.values():
-            if child.ready and child.alive and not child.writer.is_closing():
-                self._seq += 1
-                fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-                child.pending[self._seq] = fut
-                child.send({"op": op, "id": self._seq})
-                asked[fut] = child
-        if asked:
-            await asyncio.wait(asked, timeout=SCRAPE_TIMEOUT)
-        out = []
-        for fut, child in asked.items():
-            if fut.done() and not fut.cancelled():
-                out.append((child, fut.result()))
-            else:
-                fut.cancel()
-                log.warning("worker %d (pid %d): no %s within %.1f s; %s",
-                            child.index, child.pid, op, SCRAPE_TIMEOUT,
-                            "its previous one counts" if op == "snapshot" else "left out of this answer")
-        return out
-
-    async def snapshots(self) -> list[Mapping[str, Any]]:
-        """What /metrics sums: every worker's latest snapshot and the retired counters.
-
-        A worker that is late keeps counting with its previous snapshot; a dead one
-        with its last snapshot, gauges zeroed (see metrics.WorkerTotals).
-        """
-        await self.ask("snapshot")  # the replies land in self.totals (_on_message)
-        return self.totals.snapshots()
-
-
-# Keys of the worker messages that answer a request ({"op": key, "id": N}).
-_REPLIES = ("snapshot", "diffs")
 
 
 def _describe(returncode: int | None) -> str:
@@ -538,23 +488,22 @@ def worker_main() -> int:
     # The supervisor may forward a SIGHUP before Worker.run installs its handler, and
     # SIGHUP's default action is to exit; ignore it until then.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    spec = orjson.loads(sys.stdin.buffer.read())
-    control = socket.socket(fileno=spec["fd"])
-    path, overrides = spec["config_path"], spec["overrides"]
+    spec = WorkerSpec.decode(sys.stdin.buffer.read())
+    channel = socket.socket(fileno=spec.fd)
     try:
-        config = load_config(path, overrides)
+        config = load_config(spec.config_path, spec.overrides)
         setup_logging(config.log_level)
         sock = bind_listener(config.listen, reuse_port=True)
     except ConfigError as exc:
-        return _fail(f"worker {spec['index']}: {exc}")
+        return _fail(f"worker {spec.index}: {exc}")
     import uvloop
 
     from fastmirror.ops.worker import Worker
 
-    worker = Worker(config, path, overrides, listen_sock=sock, admin=False, notify=False,
-                    control=control)
-    if spec.get("mirror_percent") is not None:
-        worker.runtime.set_mirror_percent(float(spec["mirror_percent"]))
+    worker = Worker(config, spec.config_path, spec.overrides, listen_sock=sock, admin=False,
+                    notify=False, control=channel)
+    if spec.mirror_percent is not None:
+        worker.runtime.set_mirror_percent(spec.mirror_percent)
     return uvloop.run(worker.run())
 
 

@@ -16,12 +16,12 @@ import socket
 import time
 from typing import Any, Callable
 
-import orjson
 import uvloop
 
 from fastmirror import __version__
 from fastmirror.config import Config, ConfigError, config_to_dict, load_config
 from fastmirror.hotpath import CORE_IMPL
+from fastmirror.ops.control import serve_worker_end
 from fastmirror.ops.logs import AccessLog
 from fastmirror.ops.metrics import Registry
 from fastmirror.ops.rebalance import Shedder
@@ -35,7 +35,7 @@ SWEEP_INTERVAL = 0.25  # timeouts are enforced to within this
 
 
 class Runtime:
-    """What the admin endpoint reads and sets (see admin.py)."""
+    """What the admin endpoint reads and sets in this process (admin.AdminRuntime)."""
 
     def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None,
                  diffs: "Diffing | None" = None):
@@ -73,6 +73,34 @@ class Runtime:
         return self.ctx.registry.render()
 
 
+class WorkerControl:
+    """What the supervisor's requests do in this worker (control.WorkerOps)."""
+
+    def __init__(self, runtime: Runtime, shedder: Shedder) -> None:
+        self.runtime = runtime
+        self.shedder = shedder
+
+    @property
+    def draining(self) -> bool:
+        return self.runtime.draining
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.runtime.ctx.registry.snapshot()
+
+    def diffs(self) -> dict[str, Any]:
+        return self.runtime.diffs_snapshot()
+
+    def set_percent(self, percent: float) -> None:
+        self.runtime.set_mirror_percent(percent)
+
+    def shed(self, count: int, window: float) -> None:
+        """Rebalancing: close some client connections over a window (rebalance.Shedder)."""
+        connections = self.runtime.ctx.connections
+        n = self.shedder.plan(connections, count, window, time.monotonic())
+        log.debug("rebalancing: closing %d of %d client connections over %.1f s",
+                  n, len(connections), window)
+
+
 def sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
     path = os.environ.get("NOTIFY_SOCKET")
@@ -104,7 +132,7 @@ class Worker:
         self.listen_sock = listen_sock
         self.admin_enabled = admin
         self.notify = notify
-        self.control = control  # channel to the supervisor (workers.py), if any
+        self.control = control  # channel to the supervisor (ops/control.py), if any
         self.stop_requested: asyncio.Event | None = None
         self.shedder = Shedder()
         # Records dropped by access logs closed since (a SIGHUP with a new path), so
@@ -150,57 +178,15 @@ class Worker:
         self._close_all()
         return 0
 
-    # -- control channel: newline-delimited JSON with the supervisor (workers.py) ---
+    # -- control channel with the supervisor (ops/control.py) ---------------------
 
     async def _serve_control(self, sock: socket.socket) -> None:
         """Answer the supervisor until it goes away; then drain, so no worker is orphaned."""
         assert self.stop_requested is not None
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-            writer.write(orjson.dumps({"op": "ready", "pid": os.getpid()}) + b"\n")
-            while line := await reader.readline():
-                reply = self._control_reply(orjson.loads(line))
-                if reply is not None:
-                    writer.write(orjson.dumps(reply) + b"\n")
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON or an overlong line
-            log.error("control channel failed: %s", exc)
+        await serve_worker_end(sock, WorkerControl(self.runtime, self.shedder))
         if not self.stop_requested.is_set():
             log.warning("supervisor gone (control channel closed): draining")
             self.stop_requested.set()
-
-    def _control_reply(self, msg: Any) -> dict[str, Any] | None:
-        op = msg.get("op") if isinstance(msg, dict) else None
-        if op == "snapshot":
-            return {"id": msg.get("id"), "snapshot": self.registry.snapshot()}
-        if op == "diffs":
-            diffs = getattr(self.runtime, "diffs_snapshot", None)
-            return {"id": msg.get("id"), "diffs": diffs() if diffs is not None else {"upstreams": {}}}
-        if op == "percent":
-            try:
-                self.runtime.set_mirror_percent(float(msg["value"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("control: bad mirror percent %r: %s", msg.get("value"), exc)
-            return None
-        if op == "ping":
-            return {"op": "pong"}
-        if op == "shed":
-            self._shed(msg)
-            return None
-        log.warning("control: unknown message %r", msg)
-        return None
-
-    def _shed(self, msg: dict[str, Any]) -> None:
-        """Rebalancing: close some client connections over a window (workers.py)."""
-        if self.ctx.draining:
-            return  # every connection is closing anyway
-        try:
-            count, window = int(msg["count"]), float(msg["window"])
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("control: bad shed message %r: %s", msg, exc)
-            return
-        n = self.shedder.plan(self.ctx.connections, count, window, time.monotonic())
-        log.debug("rebalancing: closing %d of %d client connections over %.1f s",
-                  n, len(self.ctx.connections), window)
 
     async def _drain(self, acceptor: Acceptor, timeout: float) -> None:
         ctx = self.ctx

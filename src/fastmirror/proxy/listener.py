@@ -17,8 +17,13 @@ from fastmirror.ops.metrics import Registry
 log = logging.getLogger("fastmirror.listener")
 
 
-def bind_listener(address: Address, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
+def bind_listener(address: Address, *, reuse_port: bool, backlog: int = 1024,
+                  listen: bool = True) -> socket.socket:
     """A non-blocking TCP socket bound to address and listening.
+
+    With ``listen=False`` it is only bound: the supervisor checks the address that way
+    before it starts its workers. Not listening matters there, with SO_REUSEPORT: the
+    kernel would hand the socket a share of the connections, and nobody accepts on it.
 
     Raises:
         ConfigError: the address cannot be bound (in use, not local, no permission).
@@ -31,7 +36,8 @@ def bind_listener(address: Address, *, reuse_port: bool, backlog: int = 1024) ->
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((address.host, address.port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
