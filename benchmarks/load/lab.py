@@ -220,11 +220,11 @@ class Lab:
     def lifetime(self) -> float:
         """Upper bound for the whole run: the upstreams' `timeout`."""
         per_point = self.args.warmup + self.args.duration + 40
-        return len(self.points) * self.args.repeats * per_point + (self.args.soak or 0) + 600
+        return float(len(self.points) * self.args.repeats * per_point + (self.args.soak or 0) + 600)
 
     def point_lifetime(self, slack: int) -> int:
         """A point's servers' lifetime: warm-up plus the longer of a point and the soak, plus slack."""
-        return self.args.warmup + max(self.args.duration, self.args.soak or 0) + slack
+        return int(self.args.warmup + max(self.args.duration, self.args.soak or 0) + slack)
 
     def start_upstreams(self) -> None:
         for name, text_body in (("primary", BODY_PRIMARY), ("shadow", BODY_SHADOW)):
