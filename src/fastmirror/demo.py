@@ -25,9 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
-from fastmirror.ops.metrics import parse_histograms, quantile
+from fastmirror.ops.scrape import DURATION, MIRROR, QUEUE_DEPTH, RESPONSES, quantile, read_metrics
 
 HOST = "127.0.0.1"
 CONNECTIONS = 16  # client keep-alive connections
@@ -304,20 +303,16 @@ class RoleView:
 
 def _parse_metrics(text: str) -> tuple[dict[str, RoleView], Counter[str], float]:
     """Per-role views, mirror outcomes, and the summed mirror queue depth."""
+    scrape = read_metrics(text)
     roles: defaultdict[str, RoleView] = defaultdict(RoleView)
-    for (role, _), buckets in parse_histograms(text).items():
-        for bound, count in buckets:
-            roles[role].buckets[bound] = roles[role].buckets.get(bound, 0.0) + count
+    for (role,), buckets in scrape.buckets_by(DURATION, "role").items():
+        roles[role].buckets.update(buckets)
+    for s in scrape.series(RESPONSES):
+        roles[s.labels["role"]].codes[s.labels["code"]] += int(s.value)
     mirror: Counter[str] = Counter()
-    depth = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "fastmirror_responses_total":
-                roles[s.labels["role"]].codes[s.labels["code"]] += int(s.value)
-            elif s.name == "fastmirror_mirror_requests_total":
-                mirror[s.labels["outcome"]] += int(s.value)
-            elif s.name == "fastmirror_mirror_queue_depth":
-                depth += s.value
+    for s in scrape.series(MIRROR):
+        mirror[s.labels["outcome"]] += int(s.value)
+    depth = sum((s.value for s in scrape.series(QUEUE_DEPTH)), 0.0)
     return roles, mirror, depth
 
 

@@ -1,11 +1,9 @@
-"""metrics: bucketing, the exported names and labels, snapshot/merge, quantiles."""
+"""metrics: bucketing, the exported names and labels, snapshot/merge (quantiles: test_scrape)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
-import random
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,8 +13,6 @@ from fastmirror.ops.metrics import (
     MirrorStats,
     Registry,
     UpstreamStats,
-    parse_histograms,
-    quantile,
     render_snapshots,
 )
 
@@ -311,66 +307,6 @@ def test_merge_rejects_other_buckets() -> None:
     snap["buckets"] = [0.1, 1.0]
     with pytest.raises(ValueError, match="buckets"):
         Registry.merge([snap])
-
-
-# -- parse_histograms and quantile -----------------------------------------------------
-
-
-def test_parse_histograms_roundtrip() -> None:
-    reg = make_registry()
-    hists = parse_histograms(reg.render())
-    assert set(hists) == {("primary", P), ("shadow", S)}
-    primary = hists[("primary", P)]
-    assert primary == [(float(b), float(c)) for b, c in cumulative(reg.upstream("primary", P))]
-    assert primary[-1] == (math.inf, 5.0)
-    assert parse_histograms(reg.render().decode()) == hists
-
-
-def test_quantile_exact_interpolation() -> None:
-    buckets = [(1.0, 10), (2.0, 30), (4.0, 40), (math.inf, 40)]
-    assert quantile(buckets, 0.25) == pytest.approx(1.0)  # rank 10: top of the first bucket
-    assert quantile(buckets, 0.5) == pytest.approx(1.5)  # rank 20: halfway through (1, 2]
-    assert quantile(buckets, 0.125) == pytest.approx(0.5)  # first bucket's lower bound is 0
-    assert quantile(buckets, 1.0) == pytest.approx(4.0)
-    assert quantile(dict(buckets), 0.5) == pytest.approx(1.5)
-
-
-def test_quantile_in_inf_bucket_returns_largest_bound() -> None:
-    assert quantile([(1.0, 1), (math.inf, 10)], 0.99) == 1.0
-
-
-def test_quantile_empty_and_invalid() -> None:
-    assert math.isnan(quantile([], 0.5))
-    assert math.isnan(quantile([(1.0, 0), (math.inf, 0)], 0.5))
-    with pytest.raises(ValueError):
-        quantile([(1.0, 1)], 1.5)
-
-
-@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
-@pytest.mark.parametrize(("lo", "hi"), [(0.0001, 0.001), (0.002, 0.2), (0.05, 5.0)])
-def test_quantile_against_known_data(q: float, lo: float, hi: float) -> None:
-    rng = random.Random(1234)
-    values = sorted(rng.uniform(lo, hi) for _ in range(20000))
-    reg = Registry(process=False)
-    s = reg.upstream("primary", P)
-    for v in values:
-        s.observe(v, 200)
-    est = quantile(parse_histograms(reg.render())[("primary", P)], q)
-    true = values[int(q * len(values)) - 1]
-    # Uniform data inside a bucket is what linear interpolation assumes; the error
-    # comes from the sample noise and the partially covered edge buckets.
-    assert est == pytest.approx(true, rel=0.05)
-
-
-def test_quantile_from_cumulative_matches_scrape() -> None:
-    s = UpstreamStats("primary", P)
-    for v in (0.0003, 0.004, 0.004, 0.08, 1.2):
-        s.observe(v, 200)
-    reg = Registry(process=False)
-    reg.upstream("primary", P).buckets = list(s.buckets)
-    scraped = parse_histograms(reg.render())[("primary", P)]
-    for q in (0.1, 0.5, 0.99):
-        assert quantile(cumulative(s), q) == pytest.approx(quantile(scraped, q))
 
 
 # -- fastmirror_diff_total ---------------------------------------------------------------

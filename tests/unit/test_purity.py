@@ -20,7 +20,8 @@ import fastmirror
 
 PURE = {"fastmirror." + m for m in (
     "config", "hotpath", "_core_py", "proxy.codec", "proxy.router", "proxy.mirror", "proxy.rules",
-    "ops.metrics", "diffing.diff", "diffing.diffstore", "diffing.endpoints", "diffing.report")}
+    "ops.metrics", "ops.scrape", "diffing.diff", "diffing.diffstore", "diffing.endpoints",
+    "diffing.report")}
 FORBIDDEN = {"asyncio", "socket", "uvloop", "selectors", "ssl"}
 SRC = Path(fastmirror.__file__).parent
 

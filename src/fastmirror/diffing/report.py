@@ -34,9 +34,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
-from fastmirror.ops.metrics import parse_histograms, quantile
+from fastmirror.ops.scrape import DURATION, MIRROR, RESPONSES, quantile, read_metrics
 
 __all__ = [
     "ThresholdError",
@@ -160,19 +159,16 @@ class _Scrape:
 
 
 def _read_metrics(text: str | bytes) -> _Scrape:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    scrape = _Scrape(parse_histograms(text), {}, {})
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "fastmirror_responses_total":
-                key = (s.labels["role"], s.labels["upstream"])
-                codes = scrape.codes.setdefault(key, {})
-                codes[s.labels["code"]] = codes.get(s.labels["code"], 0) + s.value
-            elif s.name == "fastmirror_mirror_requests_total":
-                outcomes = scrape.mirror.setdefault(s.labels["upstream"], {})
-                outcomes[s.labels["outcome"]] = s.value
-    return scrape
+    scrape = read_metrics(text)
+    codes: dict[tuple[str, str], dict[str, float]] = {}
+    for (role, upstream, code), n in scrape.sum_by(RESPONSES, "role", "upstream", "code").items():
+        codes.setdefault((role, upstream), {})[code] = n
+    mirror: dict[str, dict[str, float]] = {}
+    for s in scrape.series(MIRROR):
+        mirror.setdefault(s.labels["upstream"], {})[s.labels["outcome"]] = s.value
+    histograms = scrape.buckets_by(DURATION, "role", "upstream")
+    latency = {(role, upstream): buckets for (role, upstream), buckets in histograms.items()}
+    return _Scrape(latency, codes, mirror)
 
 
 def _summed(series: Iterable[list[tuple[float, float]]]) -> list[tuple[float, float]]:
@@ -296,43 +292,12 @@ def build_report(metrics_text: str | bytes, diffs: Mapping[str, Any], thresholds
     """
     scrape = _read_metrics(metrics_text)
     diff_upstreams: Mapping[str, Any] = diffs.get("upstreams", {}) or {}
-    primary_buckets = _summed(b for (role, _), b in scrape.latency.items() if role == "primary")
-    primary_codes: dict[str, float] = {}
-    for (role, _), codes in scrape.codes.items():
-        if role == "primary":
-            for code, n in codes.items():
-                primary_codes[code] = primary_codes.get(code, 0) + n
-    primary = _side(primary_buckets, primary_codes)
-
-    # The secondary (diffing's noise-cancelling twin) also has mirror counters, but it
-    # is the primary's version, not a shadow under test.
-    secondaries = {u for role, u in (*scrape.latency, *scrape.codes) if role == "secondary"}
-    upstreams = sorted(
-        ({u for role, u in (*scrape.latency, *scrape.codes) if role == "shadow"}
-         | set(scrape.mirror) | set(diff_upstreams)) - secondaries
-    )  # fmt: skip
+    primary = _primary_side(scrape)
     shadows: dict[str, dict[str, Any]] = {}
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
-    for upstream in upstreams:
-        side = _side(scrape.latency.get(("shadow", upstream), []), scrape.codes.get(("shadow", upstream), {}))
-        totals, endpoints = _diff_figures(diff_upstreams.get(upstream, {}))
-        err_diff = None
-        if side["error_rate"] is not None and primary["error_rate"] is not None:
-            err_diff = round(side["error_rate"] - primary["error_rate"], 6)
-        outcomes = scrape.mirror.get(upstream, {})
-        shadow = {
-            "requests": side.pop("responses"),
-            "primary": {k: primary[k] for k in ("p50_ms", "p99_ms", "error_rate")},
-            "shadow": side,
-            "p50_ratio": _div(side["p50_ms"], primary["p50_ms"]),
-            "p99_ratio": _div(side["p99_ms"], primary["p99_ms"]),
-            "error_rate_diff": err_diff,
-            "mirror": {o: int(outcomes.get(o, 0)) for o in ("sent", "dropped", "skipped", "failed")},
-            "diff": totals,
-            "endpoints": endpoints,
-        }
-        shadows[upstream] = shadow
+    for upstream in _shadow_upstreams(scrape, diff_upstreams):
+        shadow = shadows[upstream] = _shadow(scrape, upstream, primary, diff_upstreams.get(upstream, {}))
         own = _checks(upstream, shadow, thresholds)
         checks += own
         reasons += [_reason(c, shadow) for c in own if not c["ok"]]
@@ -344,6 +309,49 @@ def build_report(metrics_text: str | bytes, diffs: Mapping[str, Any], thresholds
         "thresholds": dataclasses.asdict(thresholds),
         "shadows": shadows,
         "checks": checks,
+    }
+
+
+def _primary_side(scrape: _Scrape) -> dict[str, Any]:
+    """The primary's figures, over every primary in the scrape (it may have changed on SIGHUP)."""
+    buckets = _summed(b for (role, _), b in scrape.latency.items() if role == "primary")
+    codes: dict[str, float] = {}
+    for (role, _), by_code in scrape.codes.items():
+        if role == "primary":
+            for code, n in by_code.items():
+                codes[code] = codes.get(code, 0) + n
+    return _side(buckets, codes)
+
+
+def _shadow_upstreams(scrape: _Scrape, diff_upstreams: Mapping[str, Any]) -> list[str]:
+    """Every shadow the scrape or the diffs name, sorted."""
+    # The secondary (diffing's noise-cancelling twin) also has mirror counters, but it
+    # is the primary's version, not a shadow under test.
+    secondaries = {u for role, u in (*scrape.latency, *scrape.codes) if role == "secondary"}
+    return sorted(
+        ({u for role, u in (*scrape.latency, *scrape.codes) if role == "shadow"}
+         | set(scrape.mirror) | set(diff_upstreams)) - secondaries
+    )  # fmt: skip
+
+
+def _shadow(scrape: _Scrape, upstream: str, primary: Mapping[str, Any], diffs: Mapping[str, Any]) -> dict[str, Any]:
+    """One shadow's figures beside the primary's (``diffs``: its part of the /diffs snapshot)."""
+    side = _side(scrape.latency.get(("shadow", upstream), []), scrape.codes.get(("shadow", upstream), {}))
+    totals, endpoints = _diff_figures(diffs)
+    err_diff = None
+    if side["error_rate"] is not None and primary["error_rate"] is not None:
+        err_diff = round(side["error_rate"] - primary["error_rate"], 6)
+    outcomes = scrape.mirror.get(upstream, {})
+    return {
+        "requests": side.pop("responses"),
+        "primary": {k: primary[k] for k in ("p50_ms", "p99_ms", "error_rate")},
+        "shadow": side,
+        "p50_ratio": _div(side["p50_ms"], primary["p50_ms"]),
+        "p99_ratio": _div(side["p99_ms"], primary["p99_ms"]),
+        "error_rate_diff": err_diff,
+        "mirror": {o: int(outcomes.get(o, 0)) for o in ("sent", "dropped", "skipped", "failed")},
+        "diff": totals,
+        "endpoints": endpoints,
     }
 
 

@@ -12,7 +12,7 @@ A worker can ``snapshot()`` its numbers as a plain JSON-able dict; a parent proc
 ``Registry.merge(snapshots)`` adds them up (gauges included) and renders the sum.
 ``WorkerTotals`` is what that parent keeps between scrapes so that the sums it exports
 never go down while workers die, restart or answer late (``without_gauges`` says which
-numbers of a snapshot are gauges).
+numbers of a snapshot are gauges). Reading the rendered text back is ``ops.scrape``'s.
 
 Metrics (the first four are the user contract, CONTRACT.md):
 
@@ -50,7 +50,6 @@ process_*                                   various                             
 from __future__ import annotations
 
 import itertools
-import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -62,7 +61,6 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -72,8 +70,6 @@ __all__ = [
     "Registry",
     "UpstreamStats",
     "WorkerTotals",
-    "parse_histograms",
-    "quantile",
     "render_snapshots",
     "without_gauges",
 ]
@@ -505,62 +501,3 @@ def _process_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     info.add_metric((snap["version"] or "unknown", snap["core"] or "unknown"), 1)
     yield info
 
-
-# -- reading scraped metrics back (the demo, tests) ---------------------------------
-
-
-def parse_histograms(text: str | bytes) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """Cumulative buckets of ``fastmirror_request_duration_seconds`` per (role, upstream).
-
-    Returns:
-        ``{(role, upstream): [(upper_bound, cumulative_count), ..., (inf, count)]}``,
-        bounds ascending, ready for ``quantile``.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name != "fastmirror_request_duration_seconds":
-            continue
-        for s in fam.samples:
-            if s.name.endswith("_bucket"):
-                key = (s.labels["role"], s.labels["upstream"])
-                out.setdefault(key, []).append((float(s.labels["le"]), s.value))
-    for buckets in out.values():
-        buckets.sort()
-    return out
-
-
-def quantile(bucket_counts: Sequence[tuple[float, float]] | Mapping[float, float], q: float) -> float:
-    """Estimate the q-quantile from cumulative histogram buckets.
-
-    Same rule as PromQL ``histogram_quantile``: find the bucket holding rank
-    ``q * count`` and interpolate linearly between its bounds (the first bucket's
-    lower bound is 0). A rank in the +Inf bucket returns the largest finite bound.
-
-    Args:
-        bucket_counts: ``(upper_bound, cumulative_count)`` pairs (or a mapping), the
-            last bound being ``inf``.
-        q: in [0, 1].
-
-    Returns:
-        The estimate in the bounds' unit, or NaN when there are no observations.
-
-    Raises:
-        ValueError: q outside [0, 1].
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], not {q}")
-    items = sorted(bucket_counts.items() if isinstance(bucket_counts, Mapping) else bucket_counts)
-    if not items or items[-1][1] <= 0:
-        return math.nan
-    total = items[-1][1]
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in items:
-        if count >= rank and count > prev_count:
-            if math.isinf(bound):
-                return prev_bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
