@@ -9,7 +9,7 @@ exactly the settings a new one would have.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fastmirror.config import Address, Config
 from fastmirror.ops.metrics import Registry
@@ -19,6 +19,7 @@ from fastmirror.proxy.router import MirrorPolicy
 from fastmirror.proxy.shadow import ShadowTarget
 
 if TYPE_CHECKING:
+    from fastmirror.diffing.comparator import Comparator
     from fastmirror.ops.logs import AccessLog
     from fastmirror.proxy.listener import Acceptor
 
@@ -51,7 +52,7 @@ class Settings:
     """What requests read from the config, built once per load, never per request."""
 
     def __init__(self, config: Config, registry: Registry, mirror_percent: float,
-                 previous: Settings | None = None, comparator: Any = None) -> None:
+                 previous: Settings | None = None, comparator: Comparator | None = None) -> None:
         self.config = config
         # comparator.Comparator when diffing is on: mirrored requests get compared.
         self.comparator = comparator
@@ -117,7 +118,7 @@ def _shadow_target(role: str, addr: Address, config: Config, registry: Registry,
 class ProxyContext:
     """Shared by every connection of one worker: the settings and the live state."""
 
-    def __init__(self, config: Config, registry: Registry, comparator: Any = None) -> None:
+    def __init__(self, config: Config, registry: Registry, comparator: Comparator | None = None) -> None:
         self.registry = registry
         self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
         self.connections: set[ClientConnection] = set()

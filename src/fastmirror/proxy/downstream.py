@@ -27,7 +27,7 @@ from fastmirror.proxy.codec import (
 )
 from fastmirror.proxy.exchange import PrimaryExchange
 from fastmirror.proxy.flow import PENDING, PIPELINE, UPSTREAM_FULL, ReadFlow
-from fastmirror.proxy.rules import CLIENT_TIMEOUT, HEAD_TIMEOUT, IDLE, deadline_passed
+from fastmirror.proxy.rules import CLIENT_TIMEOUT, HEAD_TIMEOUT, IDLE, PRIMARY_TIMEOUT, deadline_passed
 from fastmirror.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from fastmirror.proxy.pool import UpstreamConnection
 
 PIPELINE_LIMIT = 256 * 1024
+
+# The client's deadline passed: (status, detail, why) for the abort path.
+_CLIENT_LATE = {
+    HEAD_TIMEOUT: (408, "request head timed out", "bad-request"),
+    CLIENT_TIMEOUT: (408, "request body timed out", "client-timeout"),
+}
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -277,13 +283,10 @@ class DownstreamProtocol(asyncio.Protocol):
                                ex is not None and ex.body is not None)
         if what == IDLE:
             self._close()  # idle keep-alive connection
-        elif what == HEAD_TIMEOUT:
-            self.abort(408, "request head timed out", "bad-request")
-        elif what == CLIENT_TIMEOUT:
-            self.abort(408, "request body timed out", "client-timeout")
-        else:
-            assert ex is not None
+        elif what == PRIMARY_TIMEOUT and ex is not None:
             ex.fail(504, "primary timed out")
+        else:
+            self.abort(*_CLIENT_LATE[what])
 
     def shutdown(self) -> None:
         """Drain: close now when idle, else after the response in flight."""
