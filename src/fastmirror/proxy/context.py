@@ -126,3 +126,24 @@ class ProxyContext:
         self.ids = RequestIds()
         self.draining = False
         registry.mirror_percent = config.mirror_percent
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """A connection was accepted: count it; False when it is over --max-connections
+        (uvloop accepted it in the batch that reached the cap: the caller closes it).
+        At the cap the acceptor pauses, so the next connections wait in the backlog."""
+        self.connections.add(conn)
+        self.registry.connections_active += 1
+        acceptor = self.acceptor
+        if acceptor is not None and not acceptor.fit(len(self.connections),
+                                                     self.settings.max_connections):
+            self.registry.connections_rejected += 1
+            return False
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        """A connection closed: below the cap again, the acceptor resumes."""
+        self.connections.discard(conn)
+        self.registry.connections_active -= 1
+        if self.acceptor is not None:
+            self.acceptor.fit(len(self.connections), self.settings.max_connections)
+

@@ -89,15 +89,10 @@ class DownstreamProtocol(asyncio.Protocol):
         # uvloop (like asyncio) already sets TCP_NODELAY on every TCP transport.
         self.transport = transport  # type: ignore[assignment]
         self.flow = ReadFlow(self.transport)
-        ctx = self.ctx
-        ctx.connections.add(self)
-        ctx.registry.connections_active += 1
         # The first head must be complete header_timeout after the accept.
-        self.deadline = time.monotonic() + ctx.settings.header_timeout
+        self.deadline = time.monotonic() + self.ctx.settings.header_timeout
         self.reading_head = True
-        acceptor = ctx.acceptor  # at the cap, the next connections wait in the backlog
-        if acceptor is not None and not acceptor.fit(len(ctx.connections), ctx.settings.max_connections):
-            ctx.registry.connections_rejected += 1
+        if not self.ctx.admit(self):
             self._close()
 
     def data_received(self, data: bytes) -> None:
@@ -132,11 +127,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        ctx = self.ctx
-        ctx.connections.discard(self)
-        ctx.registry.connections_active -= 1
-        if ctx.acceptor is not None:
-            ctx.acceptor.fit(len(ctx.connections), ctx.settings.max_connections)
+        self.ctx.release(self)
         ex = self.exchange
         if ex is not None:
             self.log(499)  # nginx's code for "client closed the request"

@@ -228,8 +228,9 @@ class PrimaryExchange:
         self.settings.primary_stats.observe(time.monotonic() - self.started, framer.status)
         if self.settings.access_log is not None:  # here: one call less per request when off
             self.client.log(framer.status)
-        if self.tee is not None:
-            self.tee.primary_answered()
+        tee = self.tee
+        if tee is not None and tee.diff is not None:   # diffing: the comparator's copy
+            tee.primary_answered()
         conn, self.upstream = self.upstream, None
         if framer.upgraded:
             self.client.start_tunnel(conn)

@@ -38,15 +38,16 @@ class RequestIds:
 class MirrorJob:
     """One request as the shadows will receive it."""
 
-    __slots__ = ("data", "head_request", "request_id", "diff", "retry_safe")
+    __slots__ = ("data", "head_request", "request_id", "diff", "method", "has_body")
 
     def __init__(self, data: bytes, head_request: bool, request_id: str,
-                 diff: Any = None, retry_safe: bool = False) -> None:
+                 diff: Any = None, method: bytes = b"", has_body: bool = False) -> None:
         self.data = data
         self.head_request = head_request
         self.request_id = request_id
-        # Idempotent and without a body: may be sent again after a stale connection.
-        self.retry_safe = retry_safe
+        # For rules.retry_safe, asked only when a pooled connection fails under the copy.
+        self.method = method
+        self.has_body = has_body
         self.diff = diff  # comparator.Pending when the responses are to be compared
 
 

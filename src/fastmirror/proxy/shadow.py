@@ -15,7 +15,7 @@ from fastmirror.ops.metrics import MirrorStats, UpstreamStats
 from fastmirror.proxy.codec import ResponseError, ResponseFramer
 from fastmirror.proxy.mirror import Capture, MirrorJob, MirrorQueue
 from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
-from fastmirror.proxy.rules import retry_on_new_connection
+from fastmirror.proxy.rules import retry_on_new_connection, retry_safe
 
 log = logging.getLogger("fastmirror.shadow")
 
@@ -199,8 +199,9 @@ class ShadowExchange:
 
     def _lost(self) -> None:
         """The connection ended before the response did."""
-        if not self.finished and retry_on_new_connection(self.reused, self.got_bytes,
-                                                         self.job.retry_safe):
+        job = self.job
+        if not self.finished and retry_on_new_connection(
+                self.reused, self.got_bytes, retry_safe(job.method, job.has_body)):
             # A pooled connection the shadow had just closed: retry once on a new one.
             self._detach(reuse=False)
             self.reused = False

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastmirror.proxy.codec import RequestHead
 from fastmirror.proxy.mirror import MirrorJob, shadow_request_head
 from fastmirror.proxy.router import BODY_TOO_LARGE, SENT
-from fastmirror.proxy.rules import mirror_outcome, retry_safe
+from fastmirror.proxy.rules import mirror_outcome
 
 if TYPE_CHECKING:
     from fastmirror.diffing.comparator import Pending
@@ -25,14 +25,15 @@ if TYPE_CHECKING:
 class MirrorTee:
     """The mirror copy of one request; `reason` is what the access log records."""
 
-    __slots__ = ("settings", "head", "request_id", "data", "body", "reason", "diff",
-                 "capture", "submitted")
+    __slots__ = ("settings", "head", "request_id", "data", "body", "skipped", "outcomes",
+                 "diff", "capture", "submitted")
 
     def __init__(self, settings: Settings, head: RequestHead, request_id: str) -> None:
         self.settings = settings
         self.head = head
         self.request_id = request_id
-        self.reason = SENT
+        self.skipped = False   # the body outgrew --max-mirror-body
+        self.outcomes: list[str] = []   # what each shadow did with the copy
         self.data = shadow_request_head(head.forward, settings.host_suffix, request_id)
         self.body: bytearray | None = bytearray() if head.has_body else None
         self.submitted = False
@@ -53,15 +54,22 @@ class MirrorTee:
             return
         if len(body) + len(chunk) > self.settings.policy.max_body:
             self.body = None
-            self.reason = BODY_TOO_LARGE
+            self.skipped = True
             count_skipped(self.settings)
             self.end_diff(BODY_TOO_LARGE)
         else:
             body += chunk
 
+    @property
+    def reason(self) -> str:
+        """The access log's `mirror` field: merged only when a record is written."""
+        if self.skipped:
+            return BODY_TOO_LARGE
+        return mirror_outcome(self.outcomes, SENT) if self.submitted else SENT
+
     def submit(self) -> None:
         """The whole request went to the primary: hand the copy to every shadow."""
-        if self.reason != SENT:
+        if self.skipped:
             return
         data = self.data
         if self.body:
@@ -69,13 +77,14 @@ class MirrorTee:
         self.body = None
         head = self.head
         job = MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff,
-                        retry_safe(head.method, head.has_body))
+                        head.method, head.has_body)
         self.submitted = True
         s = self.settings
-        outcomes = [shadow.submit(job) for shadow in s.shadows]
+        outcomes = self.outcomes
+        for shadow in s.shadows:   # a loop, not a comprehension: one frame less per copy
+            outcomes.append(shadow.submit(job))
         if job.diff is not None and s.secondary is not None:
             s.secondary.submit(job)
-        self.reason = mirror_outcome(outcomes, SENT)
 
     def primary_answered(self) -> None:
         """The primary's response is complete: the comparator gets its copy."""
