@@ -1,7 +1,8 @@
 #!/bin/bash
 # usage: e2e_icount.sh FASTMIRROR_BIN N PERCENT -> user-space instructions of the proxy process
 # One fastmirror under callgrind in front of a uvloop primary (and, for PERCENT > 0, a
-# uvloop shadow) that answer like nginx; N sequential keep-alive requests from one client.
+# uvloop shadow) that answer like nginx; N keep-alive requests over CONNS connections
+# (default 1: sequential), each connection one request at a time.
 # Per request = (count at N2 - count at N1) / (N2 - N1): start-up and shutdown cancel out.
 BIN=$1; N=$2; PCT=$3; PY=${LAB_PY:-python3}
 PP=$((30000 + RANDOM % 1000)); SP=$((PP+1000)); LP=$((PP+2000)); AP=$((PP+3000))
@@ -27,19 +28,24 @@ valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" --listen 127.0.0
   --primary 127.0.0.1:$PP --shadow 127.0.0.1:$SP --mirror-percent "$PCT" --admin off \
   --log-level warning 2>"$LOG" &
 PX=$!
-$PY - "$LP" "$N" <<'PY'
-import socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+$PY - "$LP" "$N" "${CONNS:-1}" <<'PY'
+import asyncio, socket, sys, time
+port, n, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for _ in range(600):
     try:
-        s = socket.create_connection(("127.0.0.1", port)); break
+        socket.create_connection(("127.0.0.1", port)).close(); break
     except OSError: time.sleep(0.1)
-req = b"GET /bench?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
-for _ in range(n):
-    s.sendall(req); got = b""
-    while not got.endswith(b"x" * 100): got += s.recv(65536)
-time.sleep(0.5)   # the last copies reach the shadow
-s.close()
+REQ = b"GET /bench?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+async def client(count):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(count):
+        w.write(REQ); got = b""
+        while not got.endswith(b"x" * 100): got += await r.read(65536)
+    w.close()
+async def main():   # CONNS connections at once (as wrk -c), N requests in all
+    await asyncio.gather(*(client(n // conns) for _ in range(conns)))
+    await asyncio.sleep(0.5)   # the last copies reach the shadow
+asyncio.run(main())
 PY
 kill -INT $PX; wait $PX; kill $UP $US; wait $UP $US 2>/dev/null
 grep -o "Collected : [0-9]*" "$LOG" | grep -o "[0-9]*$"; rm -f "$LOG"

@@ -55,12 +55,25 @@ def workers_of(proxy, n: int = 2, timeout: float = 10.0) -> dict[int, str]:
 
 
 def alive(pid: int) -> bool:
-    """True while /proc/pid exists and is not a zombie."""
+    """True while any thread of process pid is not a zombie.
+
+    Not only the main thread: a killed worker's main thread can be a zombie while its
+    other threads (the access-log writer) still exit, and until the last one has, its
+    files, the listening socket among them, are open: the kernel still hands that
+    socket new connections, which are reset a moment later.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def get_fresh(proxy, path: str, timeout: float = 5.0) -> int:
