@@ -391,6 +391,7 @@ class RecordingServer:
         mode: "normal", "slow", "blackhole" or "reset" (see the module docstring).
         delay: seconds every response is held back in "slow" mode.
         reset_on: in "reset" mode, "accept" (RST right away) or "data" (at the first byte).
+        ssl: a server ssl.SSLContext: the upstream speaks TLS.
 
     Use as a context manager or call start()/stop(). All accessors are thread-safe
     and return copies.
@@ -404,6 +405,7 @@ class RecordingServer:
         mode: str = "normal",
         delay: float = 0.0,
         reset_on: str = "accept",
+        ssl: Any = None,
     ) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, not {mode!r}")
@@ -413,6 +415,7 @@ class RecordingServer:
         self.mode = mode
         self.delay = delay
         self.reset_on = reset_on
+        self.ssl = ssl   # an ssl.SSLContext: the upstream speaks TLS (https://)
         self.port = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -472,7 +475,8 @@ class RecordingServer:
         self._loop = loop
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(lambda: _Connection(self), "127.0.0.1", 0, backlog=512)
+                loop.create_server(lambda: _Connection(self), "127.0.0.1", 0, backlog=512,
+                                   ssl=self.ssl)
             )
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:

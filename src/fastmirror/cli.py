@@ -58,9 +58,10 @@ def _default(name: str) -> str:
 # (flag, metavar, help, extra add_argument kwargs). dest is the Config field name.
 _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--listen", "HOST:PORT", f"address clients connect to (default: {_default('listen')})", {}),
-    ("--primary", "HOST:PORT",
-     "upstream whose response the client gets (required unless in the config file)", {}),
-    ("--shadow", "HOST:PORT", "mirror target; repeat for several (default: none)",
+    ("--primary", "URL",
+     "upstream whose response the client gets: HOST:PORT, http://HOST[:PORT] or "
+     "https://HOST[:PORT] (TLS, verified) (required unless in the config file)", {}),
+    ("--shadow", "URL", "mirror target, as --primary; repeat for several (default: none)",
      {"action": "append"}),
     ("--mirror-percent", "P",
      "percentage of requests mirrored, 0..100 (default: 100 when a shadow is given, else 0)", {}),
@@ -113,9 +114,20 @@ _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--mirror-key", "HEADER",
      "sample by a hash of this request header, so one value is always or never "
      "mirrored (default: random sampling)", {}),
-    ("--secondary", "HOST:PORT",
+    ("--secondary", "URL",
      "a second instance of the primary's version; sampled requests go there too, and "
      "what differs between it and the primary counts as noise (needs --diff)", {}),
+)  # fmt: skip
+
+_UPSTREAM_TLS_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
+    ("--upstream-ca", "FILE",
+     "CA certificates (PEM) that https:// upstreams are verified against "
+     "(default: the system's)", {}),
+    ("--upstream-cert", "FILE", "client certificate (PEM) for https:// upstreams that want one (mTLS)", {}),
+    ("--upstream-key", "FILE", "the private key (PEM) of --upstream-cert", {}),
+    ("--upstream-insecure", None,
+     "do not verify https:// upstreams' certificates or names (a warning at start)",
+     {"action": "store_const", "const": True}),
 )  # fmt: skip
 
 # The [diff] table's keys; dest "diff.KEY" is how load_config takes them.
@@ -161,6 +173,7 @@ def _config_flags() -> _Parser:
                        help="TOML file whose keys are these flags' names with underscores; "
                        "flags override it")  # fmt: skip
     for title, table in (("proxy", _CONTRACT_FLAGS), ("extensions", _EXTENSION_FLAGS),
+                         ("TLS to upstreams", _UPSTREAM_TLS_FLAGS),
                          ("response diffing", _DIFF_FLAGS)):  # fmt: skip
         group = flags.add_argument_group(title)
         for flag, metavar, text, extra in table:
@@ -338,7 +351,12 @@ def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Conf
             raise ConfigError(f"--config: check-config takes the file once, got {path} and {args.file}")
         path = args.file
     overrides = {k: v for k, v in vars(args).items() if k in _FIELD_NAMES}
-    return path, overrides, load_config(path, overrides)
+    config = load_config(path, overrides)
+    # What config.py cannot check without ssl: that the TLS files load (exit 2, one line).
+    from fastmirror.proxy.upstream_tls import client_context
+
+    client_context(config)
+    return path, overrides, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

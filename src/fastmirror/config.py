@@ -44,15 +44,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A TCP endpoint. str() is `host:port`, with IPv6 literals bracketed: `[::1]:80`."""
+    """A TCP endpoint, and for an upstream whether it speaks TLS (`https://`).
+
+    str() is `host:port`, IPv6 literals bracketed (`[::1]:80`), and `https://host:port`
+    for TLS: the name metrics and logs use, so a TLS and a plain upstream never share one.
+    """
 
     host: str
     port: int
+    tls: bool = False
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        endpoint = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return "https://" + endpoint if self.tls else endpoint
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port): what two addresses must not share, whatever the scheme."""
+        return (self.host, self.port)
 
 
 class _Invalid(Exception):
@@ -101,6 +110,51 @@ def _address(value: object) -> Address:
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise _Invalid("must have a port from 1 to 65535")
     return Address(host, int(port))
+
+
+# Upstream URLs: scheme, then the authority; nothing after it but an optional "/".
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.S)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _upstream(value: object) -> Address:
+    """An upstream: `HOST:PORT`, `http://HOST[:PORT]` or `https://HOST[:PORT]` (TLS)."""
+    if isinstance(value, Address) or not isinstance(value, str) or "://" not in value:
+        return _address(value)
+    m = _URL.fullmatch(value.strip())
+    scheme = m.group("scheme").lower() if m else ""
+    if m is None or scheme not in _DEFAULT_PORTS:
+        raise _Invalid("must be HOST:PORT, http://HOST[:PORT] or https://HOST[:PORT]")
+    rest = m.group("rest")
+    authority, slash, path = rest.partition("/")
+    if path or any(c in authority for c in "?#"):
+        raise _Invalid("must not have a path or query (each request keeps its own)")
+    if "@" in authority:
+        raise _Invalid("must not carry credentials in the URL")
+    if not authority:
+        raise _Invalid("must name the upstream's host")
+    bare = authority.rsplit("]", 1)[-1] if authority.startswith("[") else authority
+    if ":" not in bare:
+        authority += f":{_DEFAULT_PORTS[scheme]}"
+    address = _address(authority)
+    return Address(address.host, address.port, tls=scheme == "https")
+
+
+def _upstreams(value: object) -> tuple[Address, ...]:
+    items = [value] if isinstance(value, (str, Address)) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid()
+    result: list[Address] = []
+    for item in items:
+        address = _upstream(item)
+        if any(a.endpoint == address.endpoint for a in result):
+            raise _Invalid(f"lists {address} twice")
+        result.append(address)
+    return tuple(result)
+
+
+def _optional_upstream(value: object) -> Address | None:
+    return None if value is None else _upstream(value)
 
 
 def parse_address(text: str, key: str) -> Address:
@@ -313,6 +367,27 @@ def _diff_log(value: object) -> str | None:
     return value
 
 
+def _pem_file(marker: str) -> Callable[[object], str | None]:
+    """A readable PEM file holding `-----BEGIN ...marker-----`. Only its shape is checked
+    here (this module stays free of ssl); the TLS layer loads it at start-up."""
+
+    def convert(value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise _Invalid("must be a file path")
+        try:
+            with open(value, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError as exc:
+            raise _Invalid(f"cannot read {_show(value)}: {exc.strerror or exc}") from None
+        if not re.search(rb"-----BEGIN [A-Z0-9 ]*" + marker.encode() + rb"-----", text):
+            raise _Invalid(f"{_show(value)} holds no PEM {marker.lower()}")
+        return value
+
+    return convert
+
+
 def _at_least(low: float) -> Callable[[Any], bool]:
     return lambda v: v >= low
 
@@ -336,8 +411,8 @@ _TIMEOUT = _Field(_real, _positive, _SECONDS, _number_text)
 # One row per Config field: how a value is converted and what it may be.
 _FIELDS: dict[str, _Field] = {
     "listen": _Field(_address, what="HOST:PORT"),
-    "primary": _Field(_address, what="HOST:PORT"),
-    "shadow": _Field(_addresses, what="HOST:PORT or a list of them"),
+    "primary": _Field(_upstream, what="HOST:PORT or an http(s):// URL"),
+    "shadow": _Field(_upstreams, what="HOST:PORT, an http(s):// URL, or a list of them"),
     "mirror_percent": _Field(_real, lambda p: 0 <= p <= 100, "a number from 0 to 100", _number_text),
     "mirror_methods": _Field(_methods, what='a list of HTTP methods, or "ALL"'),
     "admin": _Field(_admin, what='HOST:PORT or "off"'),
@@ -357,8 +432,13 @@ _FIELDS: dict[str, _Field] = {
     "max_connections": _COUNT,
     "max_head_size": _Field(_size, _at_least(1024), 'a size >= 1024 bytes, e.g. 65536 or "64KiB"'),
     "mirror_key": _Field(_header_name, what="an HTTP header name"),
-    "secondary": _Field(_optional_address, what="HOST:PORT"),
+    "secondary": _Field(_optional_upstream, what="HOST:PORT or an http(s):// URL"),
     "diff": _Field(_table, what="a table ([diff])"),
+    # TLS to https:// upstreams.
+    "upstream_ca": _Field(_pem_file("CERTIFICATE"), what="a PEM file of CA certificates"),
+    "upstream_cert": _Field(_pem_file("CERTIFICATE"), what="a PEM certificate file"),
+    "upstream_key": _Field(_pem_file("PRIVATE KEY"), what="a PEM private key file"),
+    "upstream_insecure": _Field(_boolean, what="true or false"),
 }
 
 # One row per DiffConfig field: the keys of the [diff] table.
@@ -444,6 +524,17 @@ class Config:
     # primary is noise (timestamps, ids), not a regression of the shadow.
     secondary: Address | None = None
     diff: DiffConfig = DiffConfig()
+    # TLS to https:// upstreams: verified against the system's CAs, or upstream_ca;
+    # upstream_cert/key: a client certificate (mTLS); insecure: no verification at all.
+    upstream_ca: str | None = None
+    upstream_cert: str | None = None
+    upstream_key: str | None = None
+    upstream_insecure: bool = False
+
+    @property
+    def upstreams(self) -> tuple[Address, ...]:
+        """Every upstream: the primary, the shadows, the secondary."""
+        return (self.primary, *self.shadow, *((self.secondary,) if self.secondary else ()))
 
     @property
     def effective_workers(self) -> int:
@@ -458,16 +549,23 @@ class Config:
 
 # Checks that span fields: (key reported, holds?, problem, show the value?).
 _CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
-    ("primary", lambda c: c.primary != c.listen, "must not be the listen address (a loop)", True),
+    ("primary", lambda c: c.primary.endpoint != c.listen.endpoint,
+     "must not be the listen address (a loop)", True),
     ("admin", lambda c: c.admin != c.listen, "must not be the listen address", True),
-    ("shadow", lambda c: c.primary not in c.shadow,
+    ("shadow", lambda c: c.primary.endpoint not in [s.endpoint for s in c.shadow],
      "must not include the primary (it would get every request twice)", True),
     ("secondary", lambda c: c.secondary is None or c.diff.enabled,
      "needs diffing on (--diff or [diff] enabled = true)", False),
-    ("secondary", lambda c: c.secondary != c.primary,
+    ("secondary", lambda c: c.secondary is None or c.secondary.endpoint != c.primary.endpoint,
      "must not be the primary (it is a second instance of the primary's version)", True),
-    ("secondary", lambda c: c.secondary not in c.shadow, "must not be a shadow", True),
-    ("secondary", lambda c: c.secondary != c.listen, "must not be the listen address (a loop)", True),
+    ("secondary", lambda c: c.secondary is None
+     or c.secondary.endpoint not in [s.endpoint for s in c.shadow], "must not be a shadow", True),
+    ("secondary", lambda c: c.secondary is None or c.secondary.endpoint != c.listen.endpoint,
+     "must not be the listen address (a loop)", True),
+    ("upstream_cert", lambda c: (c.upstream_cert is None) == (c.upstream_key is None),
+     "and upstream_key go together (a client certificate needs its key)", False),
+    ("upstream_insecure", lambda c: not (c.upstream_insecure and c.upstream_ca),
+     "turns verification off, so upstream_ca would not be used: give one or the other", False),
 )  # fmt: skip
 
 _PRIMARY_REQUIRED = "primary: required (--primary HOST:PORT or primary = ... in the config file)"

@@ -32,7 +32,7 @@ FIELDS = [
     "queue_size", "shadow_timeout", "shadow_concurrency", "primary_timeout", "max_mirror_body",
     "shadow_host_suffix", "access_log", "log_level", "connect_timeout", "drain_timeout",
     "idle_timeout", "max_head_size", "header_timeout", "max_connections", "mirror_key",
-    "secondary", "diff",
+    "secondary", "diff", "upstream_ca", "upstream_cert", "upstream_key", "upstream_insecure",
 ]  # fmt: skip
 DIFF_FIELDS = [
     "enabled", "headers", "ignore", "array_as_set", "templates", "max_body", "max_endpoints",

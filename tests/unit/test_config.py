@@ -189,6 +189,10 @@ def test_full_file(toml):
             "log": "/var/log/fastmirror/diff.log",
             "log_max_bytes": 10_000_000,
         },
+        "upstream_ca": None,
+        "upstream_cert": None,
+        "upstream_key": None,
+        "upstream_insecure": False,
     }
     assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
 

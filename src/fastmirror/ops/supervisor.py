@@ -40,6 +40,7 @@ from fastmirror.ops.control import SupervisorEnd, WorkerSpec
 from fastmirror.ops.logs import setup_logging
 from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
+from fastmirror.proxy.upstream_tls import warn_if_insecure
 from fastmirror.proxy.listener import bind_listener
 
 log = logging.getLogger("fastmirror")
@@ -77,6 +78,7 @@ KILL_GRACE = 5.0
 def run(config: Config, config_path: str | None, overrides: dict[str, object] | None = None) -> int:
     """Run the proxy with config until SIGTERM/SIGINT; return the exit code."""
     setup_logging(config.log_level)
+    warn_if_insecure(config)   # once, here: not again from every worker
     n = config.effective_workers
     if n == 1:
         from fastmirror.ops.worker import serve

@@ -242,8 +242,12 @@ class Worker:
         if config.listen != old.config.listen:
             log.warning("SIGHUP: listen address changes need a restart; keeping %s",
                         old.config.listen)
-        new = Settings(config, self.registry, config.mirror_percent, previous=old,
-                       comparator=self.diffs.comparator_for(config))
+        try:   # the TLS files are loaded here: a bad one keeps the old settings too
+            new = Settings(config, self.registry, config.mirror_percent, previous=old,
+                           comparator=self.diffs.comparator_for(config))
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
         new.access_log = old.access_log
         self.ctx.settings = new
         self.registry.mirror_percent = config.mirror_percent

@@ -9,6 +9,7 @@ exactly the settings a new one would have.
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Protocol
 
 from fastmirror.config import Address, Config
@@ -17,6 +18,7 @@ from fastmirror.proxy.mirror import RequestIds
 from fastmirror.proxy.pool import UpstreamPool
 from fastmirror.proxy.router import MirrorPolicy
 from fastmirror.proxy.shadow import ShadowTarget
+from fastmirror.proxy.upstream_tls import client_context
 
 if TYPE_CHECKING:
     from fastmirror.diffing.comparator import Comparator
@@ -62,15 +64,17 @@ class Settings:
         self.max_connections = config.max_connections
         self.max_head_size = config.max_head_size
         self.host_suffix = b"-shadow" if config.shadow_host_suffix else b""
+        # TLS to https:// upstreams, rebuilt with each load (a reload may change the CAs).
+        tls = client_context(config)
         self.primary_pool: UpstreamPool = _primary_pool(
-            config, previous.primary_pool if previous else None)
+            config, previous.primary_pool if previous else None, tls)
         self.primary_stats = registry.upstream("primary", self.primary_pool.address)
         kept = {(t.role, t.address): t for t in previous.targets()} if previous else {}
         capture_limit = config.diff.max_body if comparator is not None else 0
 
         def target(role: str, addr: Address) -> ShadowTarget:
             return _shadow_target(role, addr, config, registry, capture_limit,
-                                  kept.pop((role, str(addr)), None))
+                                  kept.pop((role, str(addr)), None), tls)
 
         self.shadows = [target("shadow", addr) for addr in config.shadow]
         self.secondary: ShadowTarget | None = None
@@ -93,25 +97,30 @@ class Settings:
                                          c.max_mirror_body, bool(self.shadows))
 
 
-def _primary_pool(config: Config, old: UpstreamPool | None) -> UpstreamPool:
+def _primary_pool(config: Config, old: UpstreamPool | None,
+                  tls: ssl.SSLContext | None) -> UpstreamPool:
     """The primary's pool: the old one (its idle connections kept) when the address stays."""
     primary = config.primary
+    tls = tls if primary.tls else None
     if old is not None and old.address == str(primary):
         old.connect_timeout = config.connect_timeout
+        old.tls = tls
         return old
-    return UpstreamPool(primary.host, primary.port, config.connect_timeout)
+    return UpstreamPool(primary.host, primary.port, config.connect_timeout, tls=tls,
+                        name=str(primary))
 
 
 def _shadow_target(role: str, addr: Address, config: Config, registry: Registry,
-                   capture_limit: int, old: ShadowTarget | None) -> ShadowTarget:
+                   capture_limit: int, old: ShadowTarget | None,
+                   tls: ssl.SSLContext | None) -> ShadowTarget:
     """A mirror target (a shadow, or the secondary of noise cancellation) for config."""
     if old is None:
-        old = ShadowTarget(addr.host, addr.port, role=role,
+        old = ShadowTarget(addr.host, addr.port, role=role, name=str(addr),
                            stats=registry.upstream(role, str(addr)),
                            mirror_stats=registry.mirror(str(addr)))
     old.configure(queue_size=config.queue_size, concurrency=config.shadow_concurrency,
                   timeout=config.shadow_timeout, connect_timeout=config.connect_timeout,
-                  capture_limit=capture_limit)
+                  capture_limit=capture_limit, tls=tls if addr.tls else None)
     return old
 
 

@@ -9,6 +9,7 @@ no task. Connecting is the one awaited step.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Protocol
 
@@ -96,10 +97,14 @@ class UpstreamPool:
     # nginx's `keepalive` directive keeps 32 idle connections per worker by default in
     # common configs; the shadow side sizes this to its concurrency cap instead.
     def __init__(self, host: str, port: int, connect_timeout: float,
-                 max_idle: int = 256, idle_timeout: float = 50.0) -> None:
+                 max_idle: int = 256, idle_timeout: float = 50.0, *,
+                 tls: ssl.SSLContext | None = None, name: str | None = None) -> None:
         self.host = host
         self.port = port
-        self.address = f"{host}:{port}"
+        self.address = name or f"{host}:{port}"   # config.Address's str(): https:// for TLS
+        # TLS to this upstream (upstream_tls.client_context), SNI and name check on host.
+        # Replaced on a reload: connections made after it use the new context.
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         # Below the 60-75 s keep-alive timeouts of nginx and Envoy upstreams, so we
@@ -122,12 +127,18 @@ class UpstreamPool:
         """Open a new connection for handler.
 
         Raises:
-            OSError: connect failed; asyncio.TimeoutError: no connection in time.
+            OSError: connect failed (ssl.SSLError, a subclass: the TLS handshake or the
+                certificate check failed); asyncio.TimeoutError: no connection in time.
         """
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self)
+        # The timeout covers the TLS handshake too: a stalled handshake is a failed connect.
         async with asyncio.timeout(self.connect_timeout):
-            await loop.create_connection(lambda: conn, self.host, self.port)
+            if self.tls is None:
+                await loop.create_connection(lambda: conn, self.host, self.port)
+            else:
+                await loop.create_connection(lambda: conn, self.host, self.port, ssl=self.tls,
+                                             server_hostname=self.host)
         conn.handler = handler
         return conn
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 from fastmirror.ops.metrics import MirrorStats, UpstreamStats
@@ -30,8 +31,9 @@ class ShadowTarget:
     """One shadow upstream: queue, pool, in-flight cap, timeout, stats."""
 
     def __init__(self, host: str, port: int, *, role: str = "shadow",
-                 stats: UpstreamStats, mirror_stats: MirrorStats) -> None:
-        self.address = f"{host}:{port}"
+                 stats: UpstreamStats, mirror_stats: MirrorStats, name: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.address = name or f"{host}:{port}"   # str(config.Address)
         self.role = role   # "shadow", or "secondary" (noise cancellation)
         # What the comparator calls this target's response: its address, or "secondary".
         self.part_name = "secondary" if role == "secondary" else self.address
@@ -42,15 +44,17 @@ class ShadowTarget:
         self._down_until = 0.0
         self.closed = False
         # Tunables: set by configure(), before the first copy and again on each reload.
-        self.pool = UpstreamPool(host, port, 0.0)
+        self.pool = UpstreamPool(host, port, 0.0, tls=tls, name=self.address)
         self.queue = MirrorQueue(0, mirror_stats)
         self.concurrency = 0
         self.timeout = 0.0
         self.capture_limit = 0
 
     def configure(self, *, queue_size: int, concurrency: int, timeout: float,
-                  connect_timeout: float, capture_limit: int) -> None:
+                  connect_timeout: float, capture_limit: int,
+                  tls: ssl.SSLContext | None = None) -> None:
         """Apply a config's settings: at start-up, and to a target a reload keeps."""
+        self.pool.tls = tls
         self.queue.maxsize = queue_size
         self.concurrency = concurrency
         self.timeout = timeout
