@@ -151,6 +151,9 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.index = self.server._register(self)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:   # TLS: was this handshake a resumption?
+            self.server.tls_resumed.append(bool(sslobj.session_reused))
         mode = self.server.mode
         if mode == "blackhole":
             transport.pause_reading()
@@ -416,6 +419,7 @@ class RecordingServer:
         self.delay = delay
         self.reset_on = reset_on
         self.ssl = ssl   # an ssl.SSLContext: the upstream speaks TLS (https://)
+        self.tls_resumed: list[bool] = []   # per TLS connection: resumed a session?
         self.port = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)

@@ -102,6 +102,17 @@ def test_https_primary_and_shadow_verified_and_kept_alive(run_proxy, tls_server,
     assert f"https://localhost:{primary.port}" in labels, labels
 
 
+def test_a_reconnect_resumes_the_tls_session(run_proxy, tls_server, ca, tmp_path):
+    """The primary closes after every answer (/close): each request is a new connection,
+    and every one after the first resumes the session instead of a full handshake."""
+    primary = tls_server("primary")
+    proxy = run_proxy("--upstream-ca", write_ca(ca, tmp_path), primary=url(primary), shadow=None)
+    for _ in range(4):
+        assert get(proxy, "/close").status_code == 200
+    assert wait_for(lambda: len(primary.tls_resumed) == 4)
+    assert primary.tls_resumed == [False, True, True, True]
+
+
 @pytest.mark.parametrize("bad", ["wrong-host", "expired", "untrusted"])
 def test_shadow_with_a_bad_certificate_fails_only_its_copies(run_proxy, tls_server, ca, tmp_path,
                                                              primary, bad):

@@ -13,6 +13,8 @@ import ssl
 import time
 from typing import Protocol
 
+from fastmirror.proxy.upstream_tls import ResumingContext
+
 
 class UpstreamHandler(Protocol):
     """What an exchange implements to receive its upstream connection's events."""
@@ -82,10 +84,19 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
+    def remember_session(self) -> None:
+        """TLS: keep this connection's session for the pool's next handshake (after a
+        response was read, so a TLS 1.3 ticket has arrived)."""
+        tls = self.pool.tls
+        if isinstance(tls, ResumingContext) and self.transport is not None:
+            tls.remember(self.transport.get_extra_info("ssl_object"))
+
     def close(self) -> None:
         """Close now, dropping anything unsent; the handler is not told."""
         self.handler = None
         if not self.closed:
+            if self.pool.tls is not None:
+                self.remember_session()
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
@@ -150,6 +161,7 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.close()
             return
+        conn.remember_session()
         # Flow control may have paused it for a slow client; idle, it must read (a
         # stray byte or a close has to be seen), and its next exchange starts fresh.
         conn.resume_reading()

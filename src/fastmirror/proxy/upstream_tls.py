@@ -17,7 +17,7 @@ from fastmirror.config import Config, ConfigError
 log = logging.getLogger("fastmirror")
 
 
-def client_context(config: Config) -> ssl.SSLContext | None:
+def client_context(config: Config) -> ResumingContext | None:
     """The SSLContext for config's https:// upstreams; None when there are none.
 
     Raises:
@@ -25,8 +25,12 @@ def client_context(config: Config) -> ssl.SSLContext | None:
     """
     if not any(address.tls for address in config.upstreams):
         return None
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)   # verifies certificate and name
     try:
-        ctx = ssl.create_default_context(cafile=config.upstream_ca)
+        if config.upstream_ca is None:
+            ctx.load_default_certs()
+        else:
+            ctx.load_verify_locations(cafile=config.upstream_ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"upstream_ca: cannot load {config.upstream_ca}: {_reason(exc)}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -41,6 +45,32 @@ def client_context(config: Config) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client SSLContext that offers, in each new handshake, the last session the server
+    gave for that host name (TLS resumption): a reconnect, after the upstream closed a
+    pooled connection, then costs no certificate exchange. asyncio and uvloop make every
+    TLS connection through wrap_bio, so this is where the session goes in. A session the
+    server no longer knows just means a full handshake."""
+
+    sessions: dict[str, ssl.SSLSession]
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side and isinstance(server_hostname, str):
+            session = self.__dict__.setdefault("sessions", {}).get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, sslobj: ssl.SSLObject | None) -> None:
+        """Keep sslobj's session (TLS 1.3 tickets come after the handshake: call this
+        once a response was read) for the next connection to its host."""
+        if sslobj is None or sslobj.server_hostname is None:
+            return
+        session = sslobj.session
+        if session is not None:
+            self.__dict__.setdefault("sessions", {})[sslobj.server_hostname] = session
 
 
 def warn_if_insecure(config: Config) -> None:
