@@ -71,12 +71,15 @@ def _pairs(config: Config) -> list[tuple[str, Address, str, Address, str]]:
         pairs.append(("secondary", config.secondary, "the primary", config.primary,
                       "the secondary is a second instance of the primary's version"))  # fmt: skip
         pairs += [("secondary", config.secondary, "the shadow", s, _TWICE) for s in config.shadow]
+    # After the shadows, so a shadow named like the primary is reported as that.
+    pairs.append(("primary", config.primary, "the listen address", config.listen, "a loop"))
     return [p for p in pairs if p[1] != p[3]]  # equal as written: config.py has said so already
 
 
 def check_aliases(config: Config, label: Callable[[str], tuple[str, str]],
                   resolve: Callable[[list[Address]], dict[Address, frozenset[Endpoint]]] = resolve_all) -> None:
-    """Refuse a shadow (or the secondary) that resolves to where the primary (or a shadow) is.
+    """Refuse a shadow (or the secondary) that resolves to where the primary (or a shadow) is,
+    and a primary that resolves to the listen address (a loop).
 
     Args:
         label: key -> how to name it in the error and where it was given: ("--shadow", "")
@@ -88,7 +91,7 @@ def check_aliases(config: Config, label: Callable[[str], tuple[str, str]],
     """
     pairs = _pairs(config)
     if not pairs:
-        return  # no lookup at all for a proxy without shadows
+        return  # everything equal as written: config.py has refused it already
     endpoints = resolve([name for pair in pairs for name in (pair[1], pair[3])])
     for key, address, what, other, why in pairs:
         shared = endpoints.get(address, frozenset()) & endpoints.get(other, frozenset())
