@@ -23,6 +23,7 @@ from fastmirror.config import Address, Config, ConfigError
 RESOLVE_TIMEOUT = 2.0
 
 Endpoint = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+Resolved = dict[Address, frozenset[Endpoint]]
 
 
 def _endpoints(address: Address) -> frozenset[Endpoint]:
@@ -40,7 +41,7 @@ def _endpoints(address: Address) -> frozenset[Endpoint]:
     return frozenset(found)
 
 
-def resolve_all(addresses: Iterable[Address], timeout: float = RESOLVE_TIMEOUT) -> dict[Address, frozenset[Endpoint]]:
+def resolve_all(addresses: Iterable[Address], timeout: float = RESOLVE_TIMEOUT) -> Resolved:
     """Each address's endpoints; those not resolved within `timeout` map to an empty set.
 
     Daemon threads, not an executor: a lookup that hangs must not hold up the exit.
@@ -77,7 +78,7 @@ def _pairs(config: Config) -> list[tuple[str, Address, str, Address, str]]:
 
 
 def check_aliases(config: Config, label: Callable[[str], tuple[str, str]],
-                  resolve: Callable[[list[Address]], dict[Address, frozenset[Endpoint]]] = resolve_all) -> None:
+                  resolve: Callable[[list[Address]], Resolved] = resolve_all) -> None:
     """Refuse a shadow (or the secondary) that resolves to where the primary (or a shadow) is,
     and a primary that resolves to the listen address (a loop).
 

@@ -322,3 +322,13 @@ def test_shadow_by_another_name_in_the_file(fastmirror, config_file):
 def test_primary_that_is_the_listen_address_by_another_name(fastmirror):
     result = fastmirror("check-config", "--primary", "localhost:8080")  # listen: 127.0.0.1:8080
     assert_one_line_error(result, "--primary: localhost:8080 is the listen address 127.0.0.1:8080", "a loop")
+
+
+def test_help_names_the_value_forms(fastmirror):
+    text = " ".join(fastmirror("--help").stdout.split())
+    for flag in ("--shadow-timeout", "--primary-timeout", "--connect-timeout", "--drain-timeout",
+                 "--idle-timeout", "--header-timeout"):  # fmt: skip
+        assert '"500ms", "5s", "2m"' in text.split(f"{flag} SECONDS", 2)[2][:200], flag
+    assert '"10" or "10%"' in text
+    assert "--shadow a:1 --shadow b:2" in text
+    assert "flags alone" in text  # check-config's line
