@@ -22,7 +22,16 @@ from typing import Any, NoReturn
 
 import orjson
 
-from fastmirror.config import Config, ConfigError, DiffConfig, config_to_dict, load_config, parse_address
+from fastmirror.config import (
+    DURATION_FORMS,
+    Config,
+    ConfigError,
+    DiffConfig,
+    config_to_dict,
+    load_config,
+    parse_address,
+    parse_duration,
+)
 
 PROG = "fastmirror"
 # What load_config takes as overrides: Config fields, and `diff.<key>` for the [diff] table.
@@ -55,16 +64,22 @@ def _default(name: str) -> str:
     return str(value)
 
 
+# Appended to each duration flag's help: the forms config._duration takes.
+_DURATION = f"seconds, or {DURATION_FORMS}"
+
 # (flag, metavar, help, extra add_argument kwargs). dest is the Config field name.
 _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--listen", "HOST:PORT", f"address clients connect to (default: {_default('listen')})", {}),
     ("--primary", "URL",
      "upstream whose response the client gets: HOST:PORT, http://HOST[:PORT] or "
      "https://HOST[:PORT] (TLS, verified) (required unless in the config file)", {}),
-    ("--shadow", "URL", "mirror target, as --primary; repeat for several (default: none)",
+    ("--shadow", "URL",
+     "mirror target, as --primary; repeat the flag for several: --shadow a:1 --shadow b:2 "
+     "(default: none)",
      {"action": "append"}),
     ("--mirror-percent", "P",
-     "percentage of requests mirrored, 0..100 (default: 100 when a shadow is given, else 0)", {}),
+     'percentage of requests mirrored, 0..100, "10" or "10%%" '
+     "(default: 100 when a shadow is given, else 0)", {}),
     ("--mirror-methods", "LIST",
      f'comma-separated methods to mirror; "ALL" mirrors every method '
      f"(default: {_default('mirror_methods')})", {}),
@@ -79,11 +94,13 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
      f"per shadow, requests waiting; when full the copy is dropped "
      f"(default: {_default('queue_size')})", {}),
     ("--shadow-timeout", "SECONDS",
-     f"give up on a shadow's response after this (default: {_default('shadow_timeout')})", {}),
+     f"give up on a shadow's response after this; {_DURATION} "
+     f"(default: {_default('shadow_timeout')})", {}),
     ("--shadow-concurrency", "N",
      f"per shadow, requests in flight (default: {_default('shadow_concurrency')})", {}),
     ("--primary-timeout", "SECONDS",
-     f"no response from the primary by then: 504 (default: {_default('primary_timeout')})", {}),
+     f"no response from the primary by then: 504; {_DURATION} "
+     f"(default: {_default('primary_timeout')})", {}),
     ("--max-mirror-body", "BYTES",
      f'larger bodies are not mirrored; suffixes like "512KiB", "1MiB" accepted '
      f"(default: {_default('max_mirror_body')} = 1 MiB)", {}),
@@ -96,16 +113,16 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
 
 _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--connect-timeout", "SECONDS",
-     f"upstream connect timeout (default: {_default('connect_timeout')})", {}),
+     f"upstream connect timeout; {_DURATION} (default: {_default('connect_timeout')})", {}),
     ("--drain-timeout", "SECONDS",
-     f"on SIGTERM/SIGINT, time for requests in flight to finish "
+     f"on SIGTERM/SIGINT, time for requests in flight to finish; {_DURATION} "
      f"(default: {_default('drain_timeout')})", {}),
     ("--idle-timeout", "SECONDS",
-     f"close idle client keep-alive connections after this "
+     f"close idle client keep-alive connections after this; {_DURATION} "
      f"(default: {_default('idle_timeout')})", {}),
     ("--header-timeout", "SECONDS",
      f"a request head not complete this long after its first byte gets 408 and a close "
-     f"(nginx client_header_timeout; default: {_default('header_timeout')})", {}),
+     f"(nginx client_header_timeout); {_DURATION} (default: {_default('header_timeout')})", {}),
     ("--max-connections", "N",
      f"client connections per worker; past it new connections wait in the listen "
      f"backlog (default: {_default('max_connections')})", {}),
@@ -196,15 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version, the active core and library versions")  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser(
-        "check-config", parents=[flags], help="print the effective config as JSON, or the error"
+        "check-config", parents=[flags],
+        help="print the effective config (file and flags, or flags alone) as JSON, or the error",
     )
-    check.add_argument("file", metavar="FILE.toml")
+    # Optional: `check-config --primary a:1 --shadow b:2` checks a command line with no file.
+    check.add_argument("file", metavar="FILE.toml", nargs="?", default=None)
     demo = commands.add_parser(
         "demo", help="built-in primary and shadow on loopback, traffic, side-by-side report"
     )
     # Passed on only when given, so fastmirror.demo.main keeps its own default.
-    demo.add_argument("--duration", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-                      help="how long to send traffic (default: 10)")  # fmt: skip
+    demo.add_argument("--duration", metavar="SECONDS", default=argparse.SUPPRESS,
+                      help=f"how long to send traffic; {_DURATION} (default: 10)")  # fmt: skip
     diffs = commands.add_parser(
         "diffs", help="print a running proxy's response diffs per endpoint (from its admin endpoint)"
     )
@@ -344,14 +363,28 @@ def _report_command(args: argparse.Namespace) -> int:
 _ADMIN_COMMANDS = {"diffs": _diffs_command, "report": _report_command}
 
 
+_CHECK_WHAT = "check-config: give FILE.toml, or the flags alone (--primary HOST:PORT ...)"
+
+
 def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Config]:
+    """The file and flags as load_config takes them, the Config, and the resolving check
+    (resolve.check_aliases), which check-config and start-up both run."""
     path: str | None = getattr(args, "config", None)
-    if args.command == "check-config":
-        if path is not None and path != args.file:
-            raise ConfigError(f"--config: check-config takes the file once, got {path} and {args.file}")
-        path = args.file
     overrides = {k: v for k, v in vars(args).items() if k in _FIELD_NAMES}
+    if args.command == "check-config":
+        if path is not None and args.file is not None and path != args.file:
+            raise ConfigError(f"--config: check-config takes the file once, got {path} and {args.file}")
+        path = args.file or path
+        if path is None and not overrides:
+            raise ConfigError(_CHECK_WHAT)
     config = load_config(path, overrides)
+
+    def label(key: str) -> tuple[str, str]:
+        return ("--" + key.replace("_", "-"), "") if key in overrides else (key, f" (in {path})")
+
+    from fastmirror.resolve import check_aliases  # sockets: only once the config is valid
+
+    check_aliases(config, label)
     # What config.py cannot check without ssl: that the TLS files load (exit 2, one line).
     from fastmirror.proxy.upstream_tls import client_context
 
@@ -372,9 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_line())
         return 0
     if args.command == "demo":
-        demo_args = {k: v for k, v in vars(args).items() if k == "duration"}
-        if not all(0 < d < float("inf") for d in demo_args.values()):
-            return _fail(f"--duration: must be a number of seconds > 0, got {args.duration:g}")
+        try:
+            demo_args = {k: parse_duration(v, "--duration") for k, v in vars(args).items() if k == "duration"}
+        except ConfigError as e:
+            return _fail(str(e))
         from fastmirror.demo import main as demo_main
 
         return demo_main(**demo_args)

@@ -67,9 +67,37 @@ class Address:
 class _Invalid(Exception):
     """Raised by the converters below; load_config turns it into a ConfigError naming the key."""
 
-    def __init__(self, problem: str | None = None) -> None:
+    def __init__(self, problem: str | None = None, text: str | None = None) -> None:
         super().__init__(problem)
         self.problem = problem
+        self.text = text  # the address as written, when _advice words the problem per key
+
+
+# Problems of an address whose advice depends on the key (see _advice).
+_NO_HOST = "must name the host"
+_ONE_ADDRESS = "takes one address"
+_LISTENING = frozenset({"listen", "admin"})  # addresses fastmirror listens on, not upstreams
+
+
+def _advice(e: _Invalid, key: str, from_flag: bool) -> str | None:
+    """e's problem in words for `key`: what a listen address, an upstream, the --shadow flag
+    or the file's shadow list should say instead."""
+    text = e.text
+    if text is None:
+        return e.problem
+    if e.problem == _NO_HOST and key in _LISTENING:
+        return (f'{_NO_HOST}, e.g. "0.0.0.0{text}" for every IPv4 address, "[::]{text}" for every '
+                f'IPv6 one, "127.0.0.1{text}" for this machine only')  # fmt: skip
+    if e.problem == _NO_HOST:
+        return f'{_NO_HOST} of the upstream, e.g. "127.0.0.1{text}" or "backend.internal{text}"'
+    parts = [_show(p.strip()) for p in text.split(",") if p.strip()]
+    if key == "shadow" and from_flag:
+        return f"{_ONE_ADDRESS} per flag; repeat the flag for several: " + " ".join(
+            f"--shadow {p.strip(chr(34))}" for p in parts
+        )
+    if key == "shadow":
+        return f"{_ONE_ADDRESS} per string; several go in a list: shadow = [{', '.join(parts)}]"
+    return f"{_ONE_ADDRESS}, not a list"
 
 
 def _show(value: object) -> str:
@@ -87,29 +115,47 @@ def _address(value: object) -> Address:
     if not isinstance(value, str):
         raise _Invalid('must be a "HOST:PORT" string')
     text = value.strip()
+    if "," in text:  # `--shadow a:1,b:2`: a list where one address goes
+        raise _Invalid(_ONE_ADDRESS, text)
     if "://" in text:
         raise _Invalid("must be HOST:PORT, not a URL")
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise _Invalid("must be [IPV6]:PORT")
+            raise _Invalid('must be [IPV6]:PORT, e.g. "[::1]:8080"')
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Invalid(f"{_show(host)} is not an IPv6 address") from None
+            plain = f'; brackets are for IPv6 only: "{host}:{port}"' if _HOST.fullmatch(host) else ""
+            raise _Invalid(f"{_show(host)} is not an IPv6 address{plain}") from None
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise _Invalid("must be HOST:PORT")
+            raise _Invalid(f"must be HOST:PORT, e.g. {_show(_example(text))}")
         if not host:
-            raise _Invalid("must name the host (0.0.0.0 or [::] for every address)")
+            raise _Invalid(_NO_HOST, text)
         if ":" in host:
-            raise _Invalid("needs brackets around an IPv6 address, e.g. [::1]:8080")
+            raise _Invalid(_brackets(host, port))
         if not _HOST.fullmatch(host):
-            raise _Invalid(f"{_show(host)} is not a host name or IP address")
+            raise _Invalid(f'{_show(host)} is not a host name or IP address (letters, digits, ".", "-", "_")')
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise _Invalid("must have a port from 1 to 65535")
+        raise _Invalid(f"must have a port from 1 to 65535, e.g. {_show(str(Address(host, 8080)))}")
     return Address(host, int(port))
+
+
+def _example(text: str) -> str:
+    """What `text` (no colon at all) was likely meant as: a port alone, or a host alone."""
+    if text.isascii() and text.isdigit():
+        return f"127.0.0.1:{text}"
+    return f"{text}:8080" if _HOST.fullmatch(text) else "127.0.0.1:8080"
+
+
+def _brackets(host: str, port: str) -> str:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return 'has more than one ":"; an IPv6 address goes in brackets, e.g. "[::1]:8080"'
+    return f"needs brackets around an IPv6 address: {_show(f'[{host}]:{port}')}"
 
 
 # Upstream URLs: scheme, then the authority; nothing after it but an optional "/".
@@ -166,23 +212,13 @@ def parse_address(text: str, key: str) -> Address:
     try:
         return _address(text)
     except _Invalid as e:
-        raise ConfigError(f"{key}: {e.problem}, got {_show(text)}") from None
+        problem = _advice(e, key.removeprefix("--").replace("-", "_"), key.startswith("--"))
+        raise ConfigError(f"{key}: {problem}, got {_show(text)}") from None
 
 
 # --- converters: raw TOML (or flag) value -> typed value, or _Invalid ---------------------
 
 
-def _addresses(value: object) -> tuple[Address, ...]:
-    items = [value] if isinstance(value, (str, Address)) else value
-    if not isinstance(items, (list, tuple)):
-        raise _Invalid()
-    result: list[Address] = []
-    for item in items:
-        address = _address(item)
-        if address in result:
-            raise _Invalid(f"lists {address} twice")
-        result.append(address)
-    return tuple(result)
 
 
 def _admin(value: object) -> Address | None:
@@ -203,6 +239,71 @@ def _integer(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid()
     return value
+
+
+# Go's time.ParseDuration units (Envoy and Istio take the same strings), in seconds.
+_DURATION_UNITS = {
+    "ns": Fraction(1, 10**9), "us": Fraction(1, 10**6), "\u00b5s": Fraction(1, 10**6),
+    "\u03bcs": Fraction(1, 10**6), "ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60),
+    "h": Fraction(3600),
+}  # fmt: skip
+# One or more NUMBER UNIT terms, as Go allows (`1m30s`, `1.5h`); no sign, since no
+# duration here may be negative, and a bare number in a string is not a duration.
+_DURATION_TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_DURATION_TERM.pattern})+")
+
+
+def _duration(value: object) -> float:
+    """Seconds: a number, or a Go/Envoy duration string such as `500ms`, `5s`, `2m`, `1m30s`."""
+    if not isinstance(value, str):
+        return _real(value)
+    text = value.strip()
+    if not _DURATION.fullmatch(text):
+        raise _Invalid()
+    total = sum(Fraction(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_TERM.findall(text))
+    try:
+        return float(total)
+    except OverflowError:  # "1" followed by 400 zeros and "h": no float holds it
+        raise _Invalid() from None
+
+
+def _number_or_text(text: str) -> object:
+    """A flag's text as a number if it is one (`5`, `0.5`), else as is for the converter (`5s`)."""
+    try:
+        return _number_text(text)
+    except _Invalid:
+        return text
+
+
+def percent_number(value: str | float) -> float:
+    """`10`, `2.5` or `"10%"` (Envoy's and Istio's spelling) as a float; the range is the caller's.
+
+    Shared with the admin endpoint's PUT /mirror?percent=P.
+
+    Raises:
+        ValueError: not a number, with or without one trailing `%`.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        return float(text[:-1] if text.endswith("%") else text)
+    return float(value)
+
+
+def _percent(value: object) -> float:
+    # In the file a percentage is a number or a string ending in "%"; "10" in quotes is
+    # refused as any quoted number is.  Flag text reaches here through _percent_text.
+    if isinstance(value, str):
+        if not value.strip().endswith("%"):
+            raise _Invalid()
+        try:
+            value = percent_number(value)
+        except ValueError:
+            raise _Invalid() from None
+    return _real(value)
+
+
+def _percent_text(text: str) -> object:
+    return text if text.strip().endswith("%") else _number_text(text)
 
 
 def _boolean(value: object) -> bool:
@@ -301,8 +402,6 @@ def _table(value: object) -> dict[str, Any]:
     return value
 
 
-def _optional_address(value: object) -> Address | None:
-    return None if value is None else _address(value)
 
 
 def _strings(value: object) -> list[str]:
@@ -404,16 +503,18 @@ class _Field:
     from_text: Callable[[str], object] | None = None  # a flag's string -> raw value first
 
 
-_SECONDS = "a number of seconds > 0"
+# What a duration may be written as, for the messages (README: "Value forms").
+DURATION_FORMS = '"500ms", "5s", "2m", "1m30s"'
 _COUNT = _Field(_integer, _at_least(1), "an integer >= 1", _number_text)
-_TIMEOUT = _Field(_real, _positive, _SECONDS, _number_text)
+_TIMEOUT = _Field(_duration, _positive, f"a number of seconds > 0 or a duration like {DURATION_FORMS}",
+                  _number_or_text)  # fmt: skip
 
 # One row per Config field: how a value is converted and what it may be.
 _FIELDS: dict[str, _Field] = {
     "listen": _Field(_address, what="HOST:PORT"),
     "primary": _Field(_upstream, what="HOST:PORT or an http(s):// URL"),
     "shadow": _Field(_upstreams, what="HOST:PORT, an http(s):// URL, or a list of them"),
-    "mirror_percent": _Field(_real, lambda p: 0 <= p <= 100, "a number from 0 to 100", _number_text),
+    "mirror_percent": _Field(_percent, lambda p: 0 <= p <= 100, "a number from 0 to 100", _percent_text),
     "mirror_methods": _Field(_methods, what='a list of HTTP methods, or "ALL"'),
     "admin": _Field(_admin, what='HOST:PORT or "off"'),
     "workers": _Field(_integer, _at_least(0), "an integer >= 0 (0 = one per CPU)", _number_text),
@@ -426,7 +527,8 @@ _FIELDS: dict[str, _Field] = {
     "access_log": _Field(_access_log, what='a file path, "-" for stdout, or "off"'),
     "log_level": _Field(_log_level, what="one of " + ", ".join(LOG_LEVELS)),
     "connect_timeout": _TIMEOUT,
-    "drain_timeout": _Field(_real, _at_least(0), "a number of seconds >= 0", _number_text),
+    "drain_timeout": _Field(_duration, _at_least(0),
+                            f"a number of seconds >= 0 or a duration like {DURATION_FORMS}", _number_or_text),
     "idle_timeout": _TIMEOUT,
     "header_timeout": _TIMEOUT,
     "max_connections": _COUNT,
@@ -592,9 +694,19 @@ def _convert(row: _Field, given: _Given) -> Any:
         if row.check is not None and not row.check(value):
             raise _Invalid()
     except _Invalid as e:
-        problem = e.problem or f"must be {row.what}"
+        key = given.label.removeprefix("--").replace("-", "_")
+        problem = _advice(e, key, given.from_flag) or f"must be {row.what}"
         raise ConfigError(f"{given.label}: {problem}, got {_show(given.value)}{given.where}") from None
     return value
+
+
+def parse_duration(text: str, key: str) -> float:
+    """A flag's duration (`10`, `0.5`, `500ms`, `2m`, `1m30s`) in seconds, > 0 and finite.
+
+    Raises:
+        ConfigError: naming `key`, e.g. `--duration: must be a number of seconds > 0 or ...`.
+    """
+    return float(_convert(_TIMEOUT, _Given(text, key, "", from_flag=True)))
 
 
 def _unknown(kind: str, key: str, where: str) -> ConfigError:

@@ -149,6 +149,9 @@ def test_get_mirror(client: httpx.Client) -> None:
         ("POST", {"params": {"percent": "100"}}, 100.0),
         ("PUT", {"content": orjson.dumps({"percent": 7})}, 7.0),
         ("POST", {"content": orjson.dumps({"percent": 0.5})}, 0.5),
+        # "10%" as --mirror-percent takes it (config.percent_number); httpx sends ?percent=10%25
+        ("PUT", {"params": {"percent": "10%"}}, 10.0),
+        ("PUT", {"content": orjson.dumps({"percent": "2.5%"})}, 2.5),
     ],
 )
 def test_set_mirror(
@@ -162,6 +165,20 @@ def test_set_mirror(
     assert f"fastmirror_mirror_percent {expected}" in client.get("/metrics").text
 
 
+def test_set_mirror_unencoded_percent_sign(client: httpx.Client, runtime: FakeRuntime) -> None:
+    """curl -X PUT 'host:9901/mirror?percent=10%' sends the % as is, not as %25."""
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"PUT /mirror?percent=10% HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")  # fmt: skip
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"percent":10.0}\n'), answer
+    assert runtime.mirror_percent == 10.0
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -171,6 +188,9 @@ def test_set_mirror(
         {"params": {"percent": "nan"}},
         {"params": {"percent": "inf"}},
         {"params": {"percent": ""}},
+        {"params": {"percent": "150%"}},
+        {"params": {"percent": "10%%"}},
+        {"params": {"percent": "%"}},
         {"params": [("percent", "1"), ("percent", "2")]},
         {},
         {"content": b"not json"},

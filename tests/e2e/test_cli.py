@@ -260,3 +260,75 @@ def test_check_config_help_lists_flags(fastmirror):
     assert result.returncode == 0
     for flag in CONTRACT_FLAGS[:-1] + EXTENSION_FLAGS + DIFF_FLAGS:  # --version is top-level only
         assert flag in result.stdout, flag
+
+
+# --- issue 9: values as users write them ------------------------------------------------
+
+
+def test_check_config_with_flags_alone(fastmirror, config_file):
+    args = ["--primary", "127.0.0.1:1", "--shadow", "127.0.0.1:2"]
+    result = fastmirror("check-config", *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    data = orjson.loads(result.stdout)
+    assert list(data) == FIELDS
+    assert (data["primary"], data["shadow"], data["mirror_percent"]) == ("127.0.0.1:1", ["127.0.0.1:2"], 100.0)
+    # What it prints is what it prints for a file saying the same.
+    same = fastmirror("check-config", config_file('primary = "127.0.0.1:1"\nshadow = ["127.0.0.1:2"]\n'))
+    assert same.returncode == 0 and same.stdout == result.stdout
+
+
+def test_check_config_flags_alone_bad_flag(fastmirror):
+    result = fastmirror("check-config", "--primary", "127.0.0.1:1", "--shadow-timeout", "5x")
+    assert_one_line_error(result, "--shadow-timeout", '"500ms"', '"5x"')
+    assert_one_line_error(fastmirror("check-config", "--shadow", "127.0.0.1:2"), "primary: required")
+
+
+def test_check_config_value_forms(fastmirror, config_file):
+    path = config_file('primary = "127.0.0.1:1"\nshadow = ["127.0.0.1:2"]\nmirror_percent = "10%"\n'
+                       'idle_timeout = "2m"\n')  # fmt: skip
+    result = fastmirror("check-config", path, "--shadow-timeout", "500ms", "--drain-timeout", "1m30s")
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert (data["mirror_percent"], data["idle_timeout"]) == (10.0, 120.0)
+    assert (data["shadow_timeout"], data["drain_timeout"]) == (0.5, 90.0)
+    result = fastmirror("check-config", "--primary", "127.0.0.1:1", "--mirror-percent", "2.5%")
+    assert orjson.loads(result.stdout)["mirror_percent"] == 2.5
+
+
+def test_comma_separated_shadows_say_repeat_the_flag(fastmirror):
+    result = fastmirror("check-config", "--primary", "127.0.0.1:1", "--shadow", "a:1,b:2")
+    line = assert_one_line_error(result, "--shadow", "repeat the flag", "--shadow a:1 --shadow b:2")
+    assert "IPv6" not in line
+
+
+def test_upstream_without_host_gets_upstream_advice(fastmirror):
+    line = assert_one_line_error(fastmirror("check-config", "--primary", ":8080"), "--primary", "127.0.0.1:8080")
+    assert "0.0.0.0" not in line
+
+
+@pytest.mark.parametrize("command", [["check-config"], []])
+def test_shadow_that_is_the_primary_by_another_name(fastmirror, command):
+    # Start-up refuses it too, before anything listens (the listen port is not even free-checked).
+    result = fastmirror(*command, "--primary", "localhost:8080", "--shadow", "127.0.0.1:8080")
+    assert_one_line_error(result, "--shadow", "127.0.0.1:8080", "localhost:8080", "under another name")
+
+
+def test_shadow_by_another_name_in_the_file(fastmirror, config_file):
+    path = config_file('primary = "127.0.0.1:9000"\nshadow = ["localhost:9000"]\n')
+    assert_one_line_error(fastmirror("check-config", path), "shadow: localhost:9000", f"(in {path})")
+
+
+def test_primary_that_is_the_listen_address_by_another_name(fastmirror):
+    result = fastmirror("check-config", "--primary", "localhost:8080")  # listen: 127.0.0.1:8080
+    assert_one_line_error(result, "--primary: localhost:8080 is the listen address 127.0.0.1:8080", "a loop")
+
+
+def test_help_names_the_value_forms(fastmirror):
+    text = " ".join(fastmirror("--help").stdout.split())
+    for flag in ("--shadow-timeout", "--primary-timeout", "--connect-timeout", "--drain-timeout",
+                 "--idle-timeout", "--header-timeout"):  # fmt: skip
+        assert '"500ms", "5s", "2m"' in text.split(f"{flag} SECONDS", 2)[2][:200], flag
+    assert '"10" or "10%"' in text
+    assert "--shadow a:1 --shadow b:2" in text
+    assert "flags alone" in text  # check-config's line

@@ -19,6 +19,7 @@ from fastmirror.config import (
     config_to_dict,
     load_config,
     parse_address,
+    parse_duration,
 )
 
 PRIMARY = {"primary": "10.0.0.5:9000"}
@@ -553,3 +554,153 @@ def test_client_limit_defaults():
 )  # fmt: skip
 def test_client_limit_checks(overrides, start):
     assert error_of(None, PRIMARY | overrides).startswith(start)
+
+
+# --- values as Envoy, Istio and Go users write them (issue 9) ----------------------------
+
+DURATION_KEYS = ["shadow_timeout", "primary_timeout", "connect_timeout", "drain_timeout",
+                 "idle_timeout", "header_timeout"]  # fmt: skip
+
+DURATIONS = [
+    ("5", 5.0), ("0.5", 0.5), (" 2 ", 2.0), ("500ms", 0.5), ("5s", 5.0), ("2m", 120.0),
+    ("1m30s", 90.0), ("1.5h", 5400.0), ("250us", 0.00025), ("250\u00b5s", 0.00025),
+    ("250\u03bcs", 0.00025), ("1000000ns", 0.001), ("1h2m3s", 3723.0), (".5s", 0.5),
+    (" 10s ", 10.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", DURATION_KEYS)
+@pytest.mark.parametrize(("text", "seconds"), DURATIONS)
+def test_duration_flags(key, text, seconds):
+    cfg = load_config(None, PRIMARY | {key: text})
+    assert getattr(cfg, key) == pytest.approx(seconds)
+    assert config_to_dict(cfg)[key] == pytest.approx(seconds)  # /config keeps seconds as numbers
+    assert isinstance(config_to_dict(cfg)[key], float)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(t, s) for t, s in DURATIONS if not t.strip()[-1].isdigit()])
+def test_duration_strings_in_the_file(toml, text, seconds):
+    path = toml(f'primary = "a:1"\nshadow_timeout = "{text}"\ndrain_timeout = "{text}"\n')
+    cfg = load_config(path, {})
+    assert (cfg.shadow_timeout, cfg.drain_timeout) == (pytest.approx(seconds), pytest.approx(seconds))
+
+
+def test_duration_numbers_in_the_file(toml):
+    cfg = load_config(toml('primary = "a:1"\nshadow_timeout = 0.25\nidle_timeout = 7\n'), {})
+    assert (cfg.shadow_timeout, cfg.idle_timeout) == (0.25, 7.0)
+
+
+def test_drain_timeout_may_be_zero():
+    assert load_config(None, PRIMARY | {"drain_timeout": "0s"}).drain_timeout == 0.0
+    assert load_config(None, PRIMARY | {"drain_timeout": "0"}).drain_timeout == 0.0
+
+
+SECONDS_MESSAGE = 'must be a number of seconds > 0 or a duration like "500ms", "5s", "2m", "1m30s"'
+BAD_DURATIONS = ["-5", "-5s", "", " ", "5x", "5 s", "s", "5S", "1m30", "nan", "inf", "-inf", "NaN",
+                 "0", "0s", "5s-", "1e3s", "+5s", "10 000s", "1" + "0" * 400 + "h"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", BAD_DURATIONS)
+def test_bad_duration_flags(text):
+    assert error_of(None, PRIMARY | {"shadow_timeout": text}) == (
+        f"--shadow-timeout: {SECONDS_MESSAGE}, got {json_text(text)}"
+    )
+
+
+@pytest.mark.parametrize("text", ["5", "0.5", "5x", "-1s", "", "nan", "inf"])
+def test_bad_duration_strings_in_the_file(toml, text):
+    # In the file a number is a number; a string must carry its unit, as Go's ParseDuration.
+    path = toml(f'primary = "a:1"\nprimary_timeout = "{text}"\n')
+    assert error_of(path, {}) == f"primary_timeout: {SECONDS_MESSAGE}, got {json_text(text)} (in {path})"
+
+
+def test_bad_drain_timeout_says_zero_is_allowed():
+    assert error_of(None, PRIMARY | {"drain_timeout": "-1s"}).startswith(
+        '--drain-timeout: must be a number of seconds >= 0 or a duration like "500ms"'
+    )
+
+
+def json_text(text: str) -> str:
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(("text", "percent"), [("10%", 10.0), ("10", 10.0), ("2.5%", 2.5), (" 0% ", 0.0),
+                                                ("100%", 100.0), ("0.1%", 0.1)])  # fmt: skip
+def test_percent_flags(text, percent):
+    assert load_config(None, PRIMARY | {"mirror_percent": text}).mirror_percent == percent
+
+
+def test_percent_in_the_file(toml):
+    assert load_config(toml('primary = "a:1"\nmirror_percent = "10%"\n'), {}).mirror_percent == 10.0
+
+
+@pytest.mark.parametrize("text", ["150%", "-1%", "%", "10%%", "ten%", "nan%", "inf%", "10 %x", "abc"])
+def test_bad_percent_flags(text):
+    assert error_of(None, PRIMARY | {"mirror_percent": text}) == (
+        f"--mirror-percent: must be a number from 0 to 100, got {json_text(text)}"
+    )
+
+
+@pytest.mark.parametrize("text", ["150%", "%", "10"])
+def test_bad_percent_in_the_file(toml, text):
+    path = toml(f'primary = "a:1"\nmirror_percent = "{text}"\n')
+    assert error_of(path, {}).startswith("mirror_percent: must be a number from 0 to 100, got ")
+
+
+def test_parse_duration_for_other_flags():
+    assert parse_duration("2m", "--duration") == 120.0
+    with pytest.raises(ConfigError, match=r'^--duration: must be a number of seconds > 0 .*got "soon"$'):
+        parse_duration("soon", "--duration")
+
+
+# Each malformed address, and what its message tells the user to write instead.
+ADDRESS_MESSAGES = [
+    ("primary", ":8080", 'must name the host of the upstream, e.g. "127.0.0.1:8080" or '
+     '"backend.internal:8080"'),
+    ("shadow", ":9001", 'must name the host of the upstream, e.g. "127.0.0.1:9001"'),
+    ("secondary", ":9002", 'must name the host of the upstream, e.g. "127.0.0.1:9002"'),
+    ("listen", ":8080", 'must name the host, e.g. "0.0.0.0:8080" for every IPv4 address, '
+     '"[::]:8080" for every IPv6 one, "127.0.0.1:8080" for this machine only'),
+    ("admin", ":9901", 'must name the host, e.g. "0.0.0.0:9901"'),
+    ("shadow", "a:1,b:2", "takes one address per flag; repeat the flag for several: "
+     "--shadow a:1 --shadow b:2"),
+    ("shadow", "a:1, b:2,", "takes one address per flag; repeat the flag for several: "
+     "--shadow a:1 --shadow b:2"),
+    ("primary", "a:1,b:2", "takes one address, not a list"),
+    ("listen", "::1:80", 'needs brackets around an IPv6 address: "[::1]:80"'),
+    ("primary", "a:b:80", 'has more than one ":"; an IPv6 address goes in brackets, e.g. "[::1]:8080"'),
+    ("primary", "[1.2.3.4]:80", '"1.2.3.4" is not an IPv6 address; brackets are for IPv6 only: "1.2.3.4:80"'),
+    ("primary", "[::1]", 'must be [IPV6]:PORT, e.g. "[::1]:8080"'),
+    ("primary", "backend", 'must be HOST:PORT, e.g. "backend:8080"'),
+    ("primary", "8080", 'must be HOST:PORT, e.g. "127.0.0.1:8080"'),
+    ("primary", "h:0", 'must have a port from 1 to 65535, e.g. "h:8080"'),
+    ("primary", "a b:80", '"a b" is not a host name or IP address (letters, digits, ".", "-", "_")'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "text", "problem"), ADDRESS_MESSAGES)
+def test_address_messages_say_what_to_write(key, text, problem):
+    value = [text] if key == "shadow" else text  # --shadow is repeatable: a list of one
+    extra = {"diff.enabled": True} if key == "secondary" else {}
+    message = error_of(None, PRIMARY | extra | {key: value})
+    assert message.startswith(f"--{key}: {problem}"), message
+    assert message.endswith(f", got {json_text(text) if key != 'shadow' else '[' + json_text(text) + ']'}")
+    if "," in text:  # the message before issue 9 talked about IPv6 brackets here
+        assert "IPv6" not in message and "brackets" not in message
+
+
+def test_shadow_list_in_one_file_string_says_to_write_a_list(toml):
+    path = toml('primary = "a:1"\nshadow = "b:2,c:3"\n')
+    assert error_of(path, {}) == (
+        'shadow: takes one address per string; several go in a list: shadow = ["b:2", "c:3"], '
+        f'got "b:2,c:3" (in {path})'
+    )
+
+
+def test_parse_address_words_the_advice_by_key():
+    with pytest.raises(ConfigError, match=r'^--admin: must name the host, e.g. "0\.0\.0\.0:9901"'):
+        parse_address(":9901", "--admin")
+    with pytest.raises(ConfigError, match=r"^--shadow: takes one address per flag; repeat the flag"):
+        parse_address("a:1,b:2", "--shadow")

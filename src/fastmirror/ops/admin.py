@@ -10,7 +10,7 @@ GET, HEAD          /healthz                200 ``ok`` while the process runs
 GET, HEAD          /ready                  200 ``ready``, or 503 ``draining``
 GET, HEAD          /config                 the effective configuration as JSON
 GET, HEAD          /mirror                 ``{"percent": P}``
-PUT, POST          /mirror?percent=P       set P (0..100), or a JSON body ``{"percent": P}``;
+PUT, POST          /mirror?percent=P       set P (0..100, or P%), or a JSON body ``{"percent": P}``;
                                            answers ``{"percent": P}``; 400 ``{"error": ...}``
 GET, HEAD          /diffs                  the response-diff snapshot as JSON;
                                            ``?format=text`` or ``?format=html`` for people
@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import orjson
 
-from fastmirror.config import Config
+from fastmirror.config import Config, percent_number
 
 __all__ = ["AdminProtocol", "AdminRuntime", "start_admin"]
 
@@ -241,7 +241,7 @@ def _parse_percent(query: str, body: bytes) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
         raise HTTPError(400, f"percent must be a number, not {raw!r}")
     try:
-        p = float(raw)
+        p = percent_number(raw)  # "10" or "10%", as --mirror-percent takes it
     except ValueError:
         raise HTTPError(400, f"percent must be a number, not {raw!r}") from None
     if not math.isfinite(p) or not 0.0 <= p <= 100.0:
