@@ -134,6 +134,7 @@ def test_httpx_and_curl_get_the_primary_over_tls_and_the_shadow_its_copy(run_pro
 def test_plain_http_on_the_tls_port_is_counted_and_closed(run_proxy, primary, certs):
     proxy = run_proxy(*certs.flags())
     before = proxy.metric(ERRORS)
+    socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()  # a TCP health check
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: fm.test\r\n\r\n")
         try:
@@ -142,6 +143,8 @@ def test_plain_http_on_the_tls_port_is_counted_and_closed(run_proxy, primary, ce
             data = b""
         assert b"HTTP/1.1 200" not in data
     assert wait_metric(proxy, ERRORS, before + 1) >= before + 1
+    time.sleep(0.2)
+    assert proxy.metric(ERRORS) == before + 1  # the plain request; the health check is none
     with tls_connect(proxy.port, certs.client_context()) as sock:  # still serving
         assert get(sock, "/after") == (200, b"hello from primary\n")
     assert proxy.proc.poll() is None

@@ -189,6 +189,8 @@ def test_full_file(toml):
             "log": "/var/log/fastmirror/diff.log",
             "log_max_bytes": 10_000_000,
         },
+        # issue 9: listener TLS, off
+        "tls_cert": None, "tls_key": None, "tls_client_ca": None, "tls_handshake_timeout": 10.0,
     }
     assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
 

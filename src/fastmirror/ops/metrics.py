@@ -35,9 +35,10 @@ fastmirror_downstream_connections_rejected_total counter                        
                                                                                       over --max-connections
 fastmirror_downstream_accept_paused_total   counter                                   times accepting stopped at
                                                                                       --max-connections (new ones wait)
-fastmirror_downstream_tls_handshake_errors_total counter                              TLS handshakes with clients that failed:
+fastmirror_downstream_tls_handshake_errors_total counter                              TLS handshakes the listener refused:
                                                                                       not TLS, bad client certificate,
-                                                                                      handshake timeout, closed mid-way
+                                                                                      handshake timeout (not a client's
+                                                                                      own close: proxy.tls)
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)

@@ -13,7 +13,8 @@ an EOF) and SSLProtocol._fatal_error logs those only with the loop in debug mode
 never calls the loop's exception handler, and the protocol, which never got
 connection_made, gets no connection_lost either (uvloop sslproto.pyx,
 handles/streamserver.pyx). start_tls raises the failure to its caller, where it is
-counted (fastmirror_downstream_tls_handshake_errors_total) and logged at debug.
+counted (fastmirror_downstream_tls_handshake_errors_total, see is_handshake_error)
+and logged at debug.
 
 The context is built once per worker and reloaded in place (load_cert_chain on the
 same object): an SSL connection copies the certificate when it is created, so
@@ -87,6 +88,17 @@ def handshake_problem(exc: BaseException) -> str:
     return _reason(exc)
 
 
+def is_handshake_error(exc: BaseException) -> bool:
+    """Whether a failed handshake counts in fastmirror_downstream_tls_handshake_errors_total.
+
+    Not when the client just closed or reset the connection: a load balancer's TCP
+    health check connects and closes, and whether its close lands before or after the
+    handshake starts is timing. What is counted is what the server refused: not TLS,
+    TLS < 1.2, a missing or untrusted client certificate, an alert, the timeout.
+    """
+    return not isinstance(exc, (ConnectionResetError, BrokenPipeError))
+
+
 class ListenerTLS:
     """One worker's listener TLS: the context, the handshake timeout, the failed-handshake count."""
 
@@ -122,7 +134,8 @@ class ListenerTLS:
             self.context = fresh
 
     def failed(self, exc: BaseException, peer: object) -> None:
-        self.registry.tls_handshake_errors += 1
+        if is_handshake_error(exc):
+            self.registry.tls_handshake_errors += 1
         log.debug("TLS handshake with %s failed: %s", peer, handshake_problem(exc))
 
     def close(self) -> None:
@@ -174,7 +187,9 @@ class Handshake(asyncio.Protocol):
             waiter.add_done_callback(self._step)
 
     def _handed_over(self, secure: asyncio.Transport | None) -> None:
-        if secure is None or secure.is_closing():  # closed by the client as the handshake ended
+        if secure is None or secure.is_closing():
+            # The client closed before its first byte: start_tls returns a closed
+            # transport (a TCP health check; see is_handshake_error).
             return
         protocol = self.factory()
         secure.set_protocol(protocol)
