@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import read_response
+from conftest import pattern, read_response, recv_exactly
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -129,6 +129,21 @@ def test_httpx_and_curl_get_the_primary_over_tls_and_the_shadow_its_copy(run_pro
     with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION|UNEXPECTED_EOF"):
         tls_connect(proxy.port, old).close()
     assert wait_metric(proxy, ERRORS, before + 1) >= before + 1
+
+
+def test_pipelining_and_a_websocket_tunnel_over_tls(run_proxy, primary, certs):
+    proxy = run_proxy(*certs.flags())
+    with tls_connect(proxy.port, certs.client_context()) as sock:
+        sock.sendall(b"GET /p/1 HTTP/1.1\r\nHost: fm.test\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: fm.test\r\n\r\n")
+        assert [read_response(sock).status, read_response(sock).status] == [200, 200]
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: fm.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert read_response(sock).status == 101
+        payload = pattern(100_000)
+        sock.sendall(payload)
+        assert recv_exactly(sock, len(payload)) == payload
+    assert [r.target for r in primary.wait_for_requests(3)] == ["/p/1", "/p/2", "/ws"]
 
 
 def test_plain_http_on_the_tls_port_is_counted_and_closed(run_proxy, primary, certs):
@@ -250,6 +265,20 @@ def test_tls_with_workers(run_proxy, primary, certs):
         except ConnectionResetError:
             pass
     assert wait_metric(proxy, ERRORS, before + 1, timeout=10) >= before + 1  # summed over workers
+
+
+def test_sighup_reaches_the_certificate_of_every_worker(run_proxy, primary, certs):
+    proxy = run_proxy(config={"tls_cert": str(certs.cert), "tls_key": str(certs.key), "workers": 2})
+    ctx = certs.client_context()
+    second = certs.write_leaf()
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while served_cert(proxy.port, ctx) != leaf_der(second) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the other worker's reload
+    # New connections spread over both workers (SO_REUSEPORT): every one sees the new one.
+    seen = [served_cert(proxy.port, ctx) == leaf_der(second) for _ in range(16)]
+    assert all(seen), seen
 
 
 def check_config(*args: str) -> subprocess.CompletedProcess[str]:
