@@ -180,6 +180,20 @@ def test_a_silent_client_is_closed_after_the_handshake_timeout(run_proxy, primar
     assert wait_metric(proxy, ERRORS, before + 1) >= before + 1
 
 
+def test_sigterm_with_a_handshake_pending_exits_cleanly(run_proxy, primary, certs):
+    proxy = run_proxy(*certs.flags(), "--tls-handshake-timeout", "30")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+        time.sleep(0.2)
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait(10) == 0
+        try:
+            assert sock.recv(1) == b""  # closed at exit, not left to the 30 s timeout
+        except ConnectionResetError:
+            pass
+    assert "Traceback" not in proxy.stderr_text() and "ERROR" not in proxy.stderr_text()
+
+
 def test_client_certificates_required_with_tls_client_ca(run_proxy, primary, certs):
     proxy = run_proxy(*certs.flags(), "--tls-client-ca", str(certs.ca_file))
     before = proxy.metric(ERRORS)

@@ -173,7 +173,8 @@ class Handshake(asyncio.Protocol):
         self._step()
 
     def _step(self, _waiter: object = None) -> None:
-        assert self.coro is not None and self.transport is not None
+        if self.coro is None or self.transport is None:  # aborted (drain) while waiting
+            return
         try:
             waiter = self.coro.send(None)
         except StopIteration as done:
@@ -197,8 +198,9 @@ class Handshake(asyncio.Protocol):
 
     def abort(self) -> None:
         self.tls.pending.discard(self)
-        if self.coro is not None:
-            self.coro.close()  # start_tls closes its TLS transport
+        coro, self.coro = self.coro, None
+        if coro is not None:
+            coro.close()  # start_tls closes its TLS transport
         if self.transport is not None:
             self.transport.abort()
 
