@@ -109,6 +109,13 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--access-log", "PATH|-", 'JSON lines access log; "-" is stdout (default: off)', {}),
     ("--log-level", "LEVEL",
      f"debug, info, warning or error (default: {_default('log_level')})", {}),
+    # TLS on the listener (issue 9)
+    ("--tls-cert", "FILE",
+     "PEM certificate (chain) the listener presents; with --tls-key the listener speaks "
+     "TLS 1.2+ (ALPN http/1.1); SIGHUP re-reads it (default: plain HTTP)", {}),
+    ("--tls-key", "FILE", "PEM private key of --tls-cert (not encrypted)", {}),
+    ("--tls-client-ca", "FILE",
+     "require client certificates signed by a CA in this PEM file (mTLS; default: none asked)", {}),
 )  # fmt: skip
 
 _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
@@ -134,6 +141,9 @@ _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--secondary", "URL",
      "a second instance of the primary's version; sampled requests go there too, and "
      "what differs between it and the primary counts as noise (needs --diff)", {}),
+    ("--tls-handshake-timeout", "SECONDS",
+     f"close a client whose TLS handshake is not done this long after the accept "
+     f"(default: {_default('tls_handshake_timeout')})", {}),
 )  # fmt: skip
 
 _UPSTREAM_TLS_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
@@ -389,6 +399,10 @@ def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Conf
     from fastmirror.proxy.upstream_tls import client_context
 
     client_context(config)
+    if config.tls_cert is not None:  # does the listener's key match its certificate (needs ssl)
+        from fastmirror.proxy.tls import server_context
+
+        server_context(config)
     return path, overrides, config
 
 

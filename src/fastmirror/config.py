@@ -19,6 +19,8 @@ its row in _DIFF_FIELDS, and each flag (`--diff-ignore`, ...) overrides one key
 from __future__ import annotations
 
 import dataclasses
+import base64
+import binascii
 import datetime
 import difflib
 import ipaddress
@@ -466,25 +468,49 @@ def _diff_log(value: object) -> str | None:
     return value
 
 
-def _pem_file(marker: str) -> Callable[[object], str | None]:
-    """A readable PEM file holding `-----BEGIN ...marker-----`. Only its shape is checked
-    here (this module stays free of ssl); the TLS layer loads it at start-up."""
+# --- TLS listener files (issue 9): readable, and PEM of the right kind --------------------
+# Only what can be told without a TLS library (this module imports no ssl): whether the
+# key matches the certificate is fastmirror.proxy.tls.server_context's check.
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s+([A-Za-z0-9+/=\s]+?)-----END \1-----")
+_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY")
 
-    def convert(value: object) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise _Invalid("must be a file path")
+
+def _pem_labels(value: object) -> list[bytes]:
+    """The PEM block labels in the file at value (CERTIFICATE, PRIVATE KEY, ...)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _Invalid()
+    try:
+        with open(value, "rb") as f:
+            data = f.read(1 << 20)  # a chain of certificates is a few KiB
+    except OSError as e:
+        raise _Invalid(f"cannot read the file: {e.strerror or e}") from None
+    labels = []
+    for match in _PEM_BLOCK.finditer(data):
         try:
-            with open(value, "rb") as f:
-                text = f.read(1 << 20)
-        except OSError as exc:
-            raise _Invalid(f"cannot read {_show(value)}: {exc.strerror or exc}") from None
-        if not re.search(rb"-----BEGIN [A-Z0-9 ]*" + marker.encode() + rb"-----", text):
-            raise _Invalid(f"{_show(value)} holds no PEM {marker.lower()}")
-        return value
+            base64.b64decode(b"".join(match.group(2).split()), validate=True)
+        except binascii.Error:
+            continue  # armour around something that is not base64: not PEM
+        labels.append(match.group(1))
+    return labels
 
-    return convert
+
+def _pem_certificates(value: object) -> str | None:
+    if value is None:
+        return None
+    if b"CERTIFICATE" not in _pem_labels(value):
+        raise _Invalid("is not a PEM certificate file (no -----BEGIN CERTIFICATE----- block)")
+    return str(value)
+
+
+def _pem_key(value: object) -> str | None:
+    if value is None:
+        return None
+    labels = _pem_labels(value)
+    if b"ENCRYPTED PRIVATE KEY" in labels:
+        raise _Invalid("is an encrypted key; fastmirror takes no passphrase")
+    if not any(label in _KEY_LABELS for label in labels):
+        raise _Invalid("is not a PEM private key file (no -----BEGIN PRIVATE KEY----- block)")
+    return str(value)
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:
@@ -537,10 +563,15 @@ _FIELDS: dict[str, _Field] = {
     "secondary": _Field(_optional_upstream, what="HOST:PORT or an http(s):// URL"),
     "diff": _Field(_table, what="a table ([diff])"),
     # TLS to https:// upstreams.
-    "upstream_ca": _Field(_pem_file("CERTIFICATE"), what="a PEM file of CA certificates"),
-    "upstream_cert": _Field(_pem_file("CERTIFICATE"), what="a PEM certificate file"),
-    "upstream_key": _Field(_pem_file("PRIVATE KEY"), what="a PEM private key file"),
+    "upstream_ca": _Field(_pem_certificates, what="a PEM file of CA certificates"),
+    "upstream_cert": _Field(_pem_certificates, what="a PEM certificate file"),
+    "upstream_key": _Field(_pem_key, what="a PEM private key file"),
     "upstream_insecure": _Field(_boolean, what="true or false"),
+    # TLS on the listener (issue 9)
+    "tls_cert": _Field(_pem_certificates, what="a PEM certificate file"),
+    "tls_key": _Field(_pem_key, what="a PEM private key file"),
+    "tls_client_ca": _Field(_pem_certificates, what="a PEM file of CA certificates"),
+    "tls_handshake_timeout": _TIMEOUT,
 }
 
 # One row per DiffConfig field: the keys of the [diff] table.
@@ -633,6 +664,18 @@ class Config:
     upstream_key: str | None = None
     upstream_insecure: bool = False
 
+    # TLS on the listener (issue 9): PEM files; both or neither of cert and key.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # client certificates required, signed by these CAs
+    # Extension. A client that has not finished its handshake this long after the
+    # accept is closed. Kestrel's HandshakeTimeout and Go's http.Server (its
+    # ReadHeaderTimeout covers the handshake) sit at 10 s; nginx has ssl_handshake_timeout
+    # only in its stream module (60 s, the asyncio default too), Envoy's
+    # transport_socket_connect_timeout is off by default. 10 s is ample for a real
+    # client and, like header_timeout, bounds what an idle connect can hold.
+    tls_handshake_timeout: float = 10.0
+
     @property
     def upstreams(self) -> tuple[Address, ...]:
         """Every upstream: the primary, the shadows, the secondary."""
@@ -668,6 +711,16 @@ _CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
      "and upstream_key go together (a client certificate needs its key)", False),
     ("upstream_insecure", lambda c: not (c.upstream_insecure and c.upstream_ca),
      "turns verification off, so upstream_ca would not be used: give one or the other", False),
+)  # fmt: skip
+
+# TLS on the listener (issue 9): which files go together.
+_TLS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
+    ("tls_key", lambda c: c.tls_cert is None or c.tls_key is not None,
+     "required with tls_cert (--tls-key FILE: the certificate's private key)", False),
+    ("tls_cert", lambda c: c.tls_key is None or c.tls_cert is not None,
+     "required with tls_key (--tls-cert FILE)", False),
+    ("tls_client_ca", lambda c: c.tls_client_ca is None or c.tls_cert is not None,
+     "needs a TLS listener (--tls-cert and --tls-key)", False),
 )  # fmt: skip
 
 _PRIMARY_REQUIRED = "primary: required (--primary HOST:PORT or primary = ... in the config file)"
@@ -771,7 +824,7 @@ def load_config(path: str | None, overrides: Mapping[str, object]) -> Config:
     values["diff"] = _diff_config(values.get("diff", {}), given.get("diff"), diff, path)
     config = Config(**values)
 
-    for key, holds, problem, show in _CROSS_CHECKS:
+    for key, holds, problem, show in _CROSS_CHECKS + _TLS_CHECKS:
         if not holds(config):
             g = given.get(key)
             label, where = (g.label, g.where) if g else (key, "")

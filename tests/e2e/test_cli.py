@@ -33,6 +33,7 @@ FIELDS = [
     "shadow_host_suffix", "access_log", "log_level", "connect_timeout", "drain_timeout",
     "idle_timeout", "max_head_size", "header_timeout", "max_connections", "mirror_key",
     "secondary", "diff", "upstream_ca", "upstream_cert", "upstream_key", "upstream_insecure",
+    "tls_cert", "tls_key", "tls_client_ca", "tls_handshake_timeout",
 ]  # fmt: skip
 DIFF_FIELDS = [
     "enabled", "headers", "ignore", "array_as_set", "templates", "max_body", "max_endpoints",

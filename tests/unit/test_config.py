@@ -194,6 +194,8 @@ def test_full_file(toml):
         "upstream_cert": None,
         "upstream_key": None,
         "upstream_insecure": False,
+        # issue 9: listener TLS, off
+        "tls_cert": None, "tls_key": None, "tls_client_ca": None, "tls_handshake_timeout": 10.0,
     }
     assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
 

@@ -35,6 +35,10 @@ fastmirror_downstream_connections_rejected_total counter                        
                                                                                       over --max-connections
 fastmirror_downstream_accept_paused_total   counter                                   times accepting stopped at
                                                                                       --max-connections (new ones wait)
+fastmirror_downstream_tls_handshake_errors_total counter                              TLS handshakes the listener refused:
+                                                                                      not TLS, bad client certificate,
+                                                                                      handshake timeout (not a client's
+                                                                                      own close: proxy.tls)
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)
@@ -179,6 +183,7 @@ class Registry:
         self.connections_active = 0
         self.connections_rejected = 0
         self.accept_paused = 0
+        self.tls_handshake_errors = 0
         self.access_log_dropped = 0
         self.mirror_percent = 0.0
         self.version = version
@@ -230,6 +235,7 @@ class Registry:
             "connections_active": self.connections_active,
             "connections_rejected": self.connections_rejected,
             "accept_paused": self.accept_paused,
+            "tls_handshake_errors": self.tls_handshake_errors,
             "access_log_dropped": self.access_log_dropped,
             "upstreams": [
                 {"role": s.role, "upstream": s.upstream, "buckets": list(s.buckets), "sum": s.sum, "codes": list(s.codes)}
@@ -279,6 +285,7 @@ class Registry:
         self.connections_active += snap.get("connections_active", 0)
         self.connections_rejected += snap.get("connections_rejected", 0)
         self.accept_paused += snap.get("accept_paused", 0)
+        self.tls_handshake_errors += snap.get("tls_handshake_errors", 0)
         self.access_log_dropped += snap.get("access_log_dropped", 0)
         for u in snap.get("upstreams", ()):
             s = self.upstream(u["role"], u["upstream"])
@@ -321,7 +328,8 @@ class Registry:
 # checks), so whoever adds a number decides whether a dead worker's value still counts.
 SNAPSHOT_META = ("version", "core", "buckets")
 SNAPSHOT_COUNTERS = ("downstream_requests", "downstream_errors", "access_log_dropped",
-                     "upstreams", "diffs", "connections_rejected", "accept_paused")
+                     "upstreams", "diffs", "connections_rejected", "accept_paused",
+                     "tls_handshake_errors")
 SNAPSHOT_GAUGES = ("connections_active", "mirror_percent")
 SNAPSHOT_MIXED = ("mirrors",)  # outcome counters, and the gauge "depth"
 
@@ -478,6 +486,11 @@ def _downstream_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         "fastmirror_downstream_accept_paused_total",
         "Times the listener stopped accepting at --max-connections (new connections wait in the backlog).",
         value=snap.get("accept_paused", 0),
+    )
+    yield CounterMetricFamily(
+        "fastmirror_downstream_tls_handshake_errors_total",
+        "TLS handshakes with clients that failed (not TLS, bad client certificate, timeout).",
+        value=snap.get("tls_handshake_errors", 0),
     )
 
 

@@ -28,7 +28,9 @@ from fastmirror.ops.metrics import Registry
 from fastmirror.ops.rebalance import Shedder
 from fastmirror.proxy.context import ProxyContext, Settings
 from fastmirror.proxy.downstream import DownstreamProtocol
+from fastmirror.proxy.upstream_tls import client_context
 from fastmirror.proxy.listener import Acceptor, bind_listener
+from fastmirror.proxy.tls import ListenerTLS
 
 log = logging.getLogger("fastmirror")
 
@@ -140,15 +142,24 @@ class Worker:
         # that fastmirror_access_log_dropped_total never goes down.
         self._log_dropped_before = 0
         self.registry.on_collect.append(self._collect_access_log)
+        self.tls: ListenerTLS | None = None  # TLS on the listener (issue 9), set by run()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop_requested = asyncio.Event()
         config = self.ctx.settings.config
         self._open_access_log(config)
+        factory: Callable[[], asyncio.Protocol] = lambda: DownstreamProtocol(self.ctx)
+        # TLS on the listener (issue 9): each worker builds its own context.
+        if config.tls_cert is not None:
+            try:
+                self.tls = ListenerTLS(config, self.registry)
+            except ConfigError as exc:  # a file replaced since the config was checked
+                log.error("%s", exc)
+                return 2
+            factory = self.tls.wrap(factory)
         sock = self.listen_sock or bind_listener(config.listen, reuse_port=False)
-        acceptor = Acceptor(sock, lambda: DownstreamProtocol(self.ctx), sock_backlog(),
-                            self.registry)
+        acceptor = Acceptor(sock, factory, sock_backlog(), self.registry)
         await acceptor.start()
         self.ctx.acceptor = acceptor
         admin_server = None
@@ -193,6 +204,8 @@ class Worker:
         ctx = self.ctx
         ctx.draining = True
         acceptor.close()  # stop accepting; the listening socket closes
+        if self.tls is not None:  # issue 9: handshakes in progress
+            self.tls.close()
         for conn in list(ctx.connections):
             conn.shutdown()
         deadline = time.monotonic() + timeout
@@ -232,9 +245,18 @@ class Worker:
             log.info("SIGHUP: no config file to reload")
             if self.ctx.settings.access_log is not None:
                 self.ctx.settings.access_log.reopen()
+            if self.tls is not None:  # issue 9: the flags' certificate files, re-read
+                try:
+                    self.tls.reload(load_config(None, self.overrides))
+                except ConfigError as exc:
+                    log.error("SIGHUP: certificate not reloaded: %s", exc)
+                    return
+                log.info("SIGHUP: certificate reloaded")
             return
         try:
             config = load_config(self.config_path, self.overrides)
+            client_context(config)    # the upstream TLS files load: checked before any change
+            self._reload_tls(config)  # a bad certificate file keeps the whole old config
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
             return
@@ -262,6 +284,18 @@ class Worker:
             # their exchange returns them to the closed pool.
             old.primary_pool.close()
         log.info("SIGHUP: config reloaded from %s", self.config_path)
+
+    def _reload_tls(self, config: Config) -> None:
+        """TLS on the listener (issue 9): the new certificate for new handshakes.
+
+        Raises:
+            ConfigError: a bad file; the old certificate stays.
+        """
+        if (config.tls_cert is None) != (self.tls is None):
+            log.warning("SIGHUP: turning TLS on or off on the listener needs a restart; keeping it %s",
+                        "off" if self.tls is None else "on")
+        elif self.tls is not None:
+            self.tls.reload(config)
 
     def _open_access_log(self, config: Config, previous: str | None = None) -> None:
         s = self.ctx.settings
