@@ -177,3 +177,22 @@ def test_a_file_that_is_not_a_certificate_is_one_line_exit_2(tmp_path, tls_serve
                           "--upstream-ca", str(bad)], capture_output=True, text=True, timeout=30)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "--upstream-ca" in run.stderr and "PEM" in run.stderr
+
+
+def test_tls_on_every_side_with_workers(run_proxy, tls_server, ca, tmp_path):
+    """The issue's first command: TLS at the listener, https primary and shadow, 2 workers."""
+    primary, shadow = tls_server("primary"), tls_server("shadow")
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "listen.pem", tmp_path / "listen.key"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca_file = write_ca(ca, tmp_path)
+    proxy = run_proxy("--tls-cert", str(cert), "--tls-key", str(key), "--upstream-ca", ca_file,
+                      "--workers", "2", primary=url(primary), shadow=url(shadow))
+    with httpx.Client(trust_env=False, timeout=10,
+                      verify=ssl.create_default_context(cafile=ca_file)) as client:
+        for i in range(6):
+            resp = client.get(f"https://127.0.0.1:{proxy.port}/all/{i}")
+            assert resp.status_code == 200 and resp.headers["x-upstream"] == "primary"
+    assert len(primary.wait_for_requests(6)) == 6
+    assert sorted(r.target for r in shadow.wait_for_requests(6)) == [f"/all/{i}" for i in range(6)]
