@@ -161,7 +161,8 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.remember_session()
+        if self.tls is not None:   # a response was read: a TLS 1.3 ticket is in by now
+            conn.remember_session()
         # Flow control may have paused it for a slow client; idle, it must read (a
         # stray byte or a close has to be seen), and its next exchange starts fresh.
         conn.resume_reading()
