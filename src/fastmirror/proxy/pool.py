@@ -27,7 +27,8 @@ class UpstreamHandler(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "handler", "idle_since", "closed", "paused")
+    __slots__ = ("pool", "transport", "handler", "idle_since", "closed", "paused",
+                 "session_kept")
 
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
@@ -36,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.paused = False
+        self.session_kept = False   # TLS: its session was handed to the pool's context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop (like asyncio) already sets TCP_NODELAY on every TCP transport.
@@ -86,9 +88,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def remember_session(self) -> None:
         """TLS: keep this connection's session for the pool's next handshake (after a
-        response was read, so a TLS 1.3 ticket has arrived)."""
+        response was read, so a TLS 1.3 ticket has arrived). Once per connection: reading
+        SSLObject.session is costly (OpenSSL serializes it), far more than a request."""
         tls = self.pool.tls
-        if isinstance(tls, ResumingContext) and self.transport is not None:
+        if isinstance(tls, ResumingContext) and self.transport is not None and not self.session_kept:
+            self.session_kept = True
             tls.remember(self.transport.get_extra_info("ssl_object"))
 
     def close(self) -> None:
@@ -161,7 +165,7 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        if self.tls is not None:   # a response was read: a TLS 1.3 ticket is in by now
+        if self.tls is not None and not conn.session_kept:   # a ticket is in by now
             conn.remember_session()
         # Flow control may have paused it for a slow client; idle, it must read (a
         # stray byte or a close has to be seen), and its next exchange starts fresh.
