@@ -1,11 +1,11 @@
 #!/bin/bash
-# TLS everywhere, side by side in one run: fastmirror vs nginx, each terminating TLS at its
+# TLS everywhere, side by side in one run: fastmirror vs nginx and Envoy, each terminating TLS at its
 # listener and speaking TLS (verified, SNI localhost) to an nginx primary and shadow.
-# usage: FASTMIRROR=<venv>/bin/fastmirror PY=<python with trustme> tls_bench.sh [REPEATS] [SECONDS]
+# usage: FASTMIRROR=<venv>/bin/fastmirror PY=<python with trustme> ENVOY_BIN=<envoy> tls_bench.sh [REPEATS] [SECONDS]
 # Proxy on CPU 0; wrk and the upstreams on CPU 1. Ports 28100-28199 on 127.0.0.1.
 set -euo pipefail
 REPEATS=${1:-3}; DUR=${2:-8}
-FM=${FASTMIRROR:-fastmirror}; PY=${PY:-python3}
+FM=${FASTMIRROR:-fastmirror}; PY=${PY:-python3}; ENVOY=${ENVOY_BIN:-envoy}
 W=$(mktemp -d /tmp/fm-tls-bench.XXXXXX); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
@@ -39,17 +39,80 @@ nginx_conf nginx-proxy "
   server { listen 127.0.0.1:28121 ssl; $PROXY_TLS
     location / { mirror /mirror; proxy_pass https://primary; $UPS }
     location = /mirror { internal; proxy_pass https://shadow\$request_uri; $UPS } }"
+envoy_conf() { # pct -> $W/envoy-PCT.yaml
+  local up='transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: localhost
+        common_tls_context:
+          alpn_protocols: ["http/1.1"]
+          validation_context:
+            trusted_ca: { filename: '"$W"'/ca.pem }
+            match_typed_subject_alt_names: [{ san_type: DNS, matcher: { exact: localhost } }]'
+  cat > "$W/envoy-$1.yaml" <<YAML
+static_resources:
+  listeners:
+  - name: ingress
+    address: { socket_address: { address: 127.0.0.1, port_value: 28140 } }
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: ["http/1.1"]
+            tls_certificates: [{ certificate_chain: { filename: $W/cert.pem }, private_key: { filename: $W/key.pem } }]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: HTTP1
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  cluster: primary
+                  request_mirror_policies:
+                  - cluster: shadow
+                    runtime_fraction: { default_value: { numerator: $1, denominator: HUNDRED } }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+  - name: primary
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: { cluster_name: primary, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 28101 } } } }] }] }
+    $up
+  - name: shadow
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: { cluster_name: shadow, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 28102 } } } }] }] }
+    $up
+YAML
+}
 start_point() { # contender pct -> port
   case "$1" in
     nginx) [ "$2" = 0 ] && echo 28120 || echo 28121 ;;
     fastmirror) echo 28130 ;;
+    envoy) echo 28140 ;;
   esac
 }
-run_point() { # contender pct
-  local c=$1 pct=$2 port pid
+run_point() { # contender pct ("hs": no mirror, a new TLS connection per request)
+  local c=$1 pct=$2 port pid hdr=()
+  if [ "$pct" = hs ]; then pct=0; hdr=(-H "Connection: close"); fi
   port=$(start_point "$c" "$pct")
   if [ "$c" = nginx ]; then
     taskset -c 0 nginx -p "$W/nginx-proxy/" -c "$W/nginx-proxy/nginx.conf" -g 'daemon off;' & pid=$!
+  elif [ "$c" = envoy ]; then
+    envoy_conf "$pct"
+    taskset -c 0 "$ENVOY" -c "$W/envoy-$pct.yaml" --concurrency 1 --disable-hot-restart \
+      --log-level error >>"$W/envoy.log" 2>&1 & pid=$!
   else
     taskset -c 0 "$FM" --listen 127.0.0.1:$port --tls-cert "$W/cert.pem" --tls-key "$W/key.pem" \
       --primary https://localhost:28101 --shadow https://localhost:28102 --upstream-ca "$W/ca.pem" \
@@ -57,14 +120,14 @@ run_point() { # contender pct
   fi
   for _ in $(seq 100); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && break; sleep 0.1; done
   taskset -c 1 wrk -t1 -c50 -d1s "https://127.0.0.1:$port/bench?q=1" >/dev/null 2>&1 || true
-  taskset -c 1 wrk -t1 -c50 -d${DUR}s --latency "https://127.0.0.1:$port/bench?q=1" > "$W/wrk.out" 2>&1 || true
+  taskset -c 1 wrk -t1 -c50 -d${DUR}s --latency "${hdr[@]}" "https://127.0.0.1:$port/bench?q=1" > "$W/wrk.out" 2>&1 || true
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk '/Requests\/sec/ {print $2}' "$W/wrk.out"
 }
 sleep 1
 declare -A R
 for rep in $(seq "$REPEATS"); do
-  for point in nginx:0 fastmirror:0 nginx:100 fastmirror:100 fastmirror:10; do
+  for point in ${POINTS:-nginx:0 envoy:0 fastmirror:0 nginx:100 envoy:100 fastmirror:100 envoy:10 fastmirror:10 nginx:hs envoy:hs fastmirror:hs}; do
     v=$(run_point "${point%%:*}" "${point##*:}"); R[$point]="${R[$point]:-} $v"
     echo "  [rep $rep] $point -> $v req/s" >&2
   done
@@ -72,6 +135,6 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "| point | req/s (median of $REPEATS x ${DUR}s) | all repeats |"
 echo "|---|---:|---|"
-for point in nginx:0 fastmirror:0 nginx:100 fastmirror:100 fastmirror:10; do
+for point in ${POINTS:-nginx:0 envoy:0 fastmirror:0 nginx:100 envoy:100 fastmirror:100 envoy:10 fastmirror:10 nginx:hs envoy:hs fastmirror:hs}; do
   echo "| $point | $(echo "${R[$point]}" | median) | ${R[$point]} |"
 done
