@@ -9,7 +9,6 @@ exactly the settings a new one would have.
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING, Protocol
 
 from fastmirror.config import Address, Config
@@ -18,7 +17,7 @@ from fastmirror.proxy.mirror import RequestIds
 from fastmirror.proxy.pool import UpstreamPool
 from fastmirror.proxy.router import MirrorPolicy
 from fastmirror.proxy.shadow import ShadowTarget
-from fastmirror.proxy.upstream_tls import client_context
+from fastmirror.proxy.upstream_tls import ResumingContext, client_context
 
 if TYPE_CHECKING:
     from fastmirror.diffing.comparator import Comparator
@@ -98,7 +97,7 @@ class Settings:
 
 
 def _primary_pool(config: Config, old: UpstreamPool | None,
-                  tls: ssl.SSLContext | None) -> UpstreamPool:
+                  tls: ResumingContext | None) -> UpstreamPool:
     """The primary's pool: the old one (its idle connections kept) when the address stays."""
     primary = config.primary
     tls = tls if primary.tls else None
@@ -112,7 +111,7 @@ def _primary_pool(config: Config, old: UpstreamPool | None,
 
 def _shadow_target(role: str, addr: Address, config: Config, registry: Registry,
                    capture_limit: int, old: ShadowTarget | None,
-                   tls: ssl.SSLContext | None) -> ShadowTarget:
+                   tls: ResumingContext | None) -> ShadowTarget:
     """A mirror target (a shadow, or the secondary of noise cancellation) for config."""
     if old is None:
         old = ShadowTarget(addr.host, addr.port, role=role, name=str(addr),

@@ -31,7 +31,6 @@ from fastmirror.proxy.tee import MirrorTee, count_skipped
 
 if TYPE_CHECKING:
     from fastmirror.proxy.context import ProxyContext, Settings
-    from fastmirror.proxy.mirror import Capture
     from fastmirror.proxy.pool import UpstreamConnection
 
 log = logging.getLogger("fastmirror.downstream")
@@ -62,8 +61,7 @@ class PrimaryExchange:
 
     __slots__ = ("client", "head", "settings", "seq", "started", "keep_alive", "body",
                  "framer", "upstream", "pending", "pending_size", "response_started",
-                 "bytes_out", "reused", "retried", "mirror_reason", "request_id", "tee",
-                 "capture")
+                 "bytes_out", "reused", "retried", "mirror_reason", "request_id", "tee")
 
     def __init__(self, client: Client, ctx: ProxyContext, head: RequestHead, seq: int,
                  keep_alive: bool) -> None:
@@ -85,13 +83,11 @@ class PrimaryExchange:
         self.reused = False
         self.retried = False
         self.tee: MirrorTee | None = None
-        self.capture: Capture | None = None
         reason = mirror_decision(s.policy, head)
         self.request_id = ctx.ids.new() if reason == SENT or s.access_log is not None else ""
         self.mirror_reason = reason
         if reason == SENT:
             self.tee = MirrorTee(s, head, self.request_id)
-            self.capture = self.tee.capture
         elif reason == BODY_TOO_LARGE:
             count_skipped(s)
 
@@ -197,8 +193,9 @@ class PrimaryExchange:
             self.response_started = True
             client.transport.write(out)
             self.bytes_out += len(out)
-            if self.capture is not None:
-                self.capture.add(out)
+            tee = self.tee
+            if tee is not None and tee.capture is not None:   # diffing: the primary's copy
+                tee.capture.add(out)
         if framer.done:
             self._response_done()
         elif not client.writing_paused:  # the timeout is between reads once the response began

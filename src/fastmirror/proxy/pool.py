@@ -9,7 +9,6 @@ no task. Connecting is the one awaited step.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from typing import Protocol
 
@@ -91,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         response was read, so a TLS 1.3 ticket has arrived). Once per connection: reading
         SSLObject.session is costly (OpenSSL serializes it), far more than a request."""
         tls = self.pool.tls
-        if isinstance(tls, ResumingContext) and self.transport is not None and not self.session_kept:
+        if tls is not None and self.transport is not None and not self.session_kept:
             self.session_kept = True
             tls.remember(self.transport.get_extra_info("ssl_object"))
 
@@ -99,8 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Close now, dropping anything unsent; the handler is not told."""
         self.handler = None
         if not self.closed:
-            if self.pool.tls is not None:
-                self.remember_session()
+            self.remember_session()
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
@@ -113,7 +111,7 @@ class UpstreamPool:
     # common configs; the shadow side sizes this to its concurrency cap instead.
     def __init__(self, host: str, port: int, connect_timeout: float,
                  max_idle: int = 256, idle_timeout: float = 50.0, *,
-                 tls: ssl.SSLContext | None = None, name: str | None = None) -> None:
+                 tls: ResumingContext | None = None, name: str | None = None) -> None:
         self.host = host
         self.port = port
         self.address = name or f"{host}:{port}"   # config.Address's str(): https:// for TLS
@@ -165,7 +163,7 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        if self.tls is not None and not conn.session_kept:   # a ticket is in by now
+        if self.tls is not None:   # a response was read: a TLS 1.3 ticket is in by now
             conn.remember_session()
         # Flow control may have paused it for a slow client; idle, it must read (a
         # stray byte or a close has to be seen), and its next exchange starts fresh.

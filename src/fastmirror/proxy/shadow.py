@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 
 from fastmirror.ops.metrics import MirrorStats, UpstreamStats
@@ -17,6 +16,7 @@ from fastmirror.proxy.codec import ResponseError, ResponseFramer
 from fastmirror.proxy.mirror import Capture, MirrorJob, MirrorQueue
 from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
 from fastmirror.proxy.rules import retry_on_new_connection, retry_safe
+from fastmirror.proxy.upstream_tls import ResumingContext
 
 log = logging.getLogger("fastmirror.shadow")
 
@@ -32,7 +32,7 @@ class ShadowTarget:
 
     def __init__(self, host: str, port: int, *, role: str = "shadow",
                  stats: UpstreamStats, mirror_stats: MirrorStats, name: str | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ResumingContext | None = None) -> None:
         self.address = name or f"{host}:{port}"   # str(config.Address)
         self.role = role   # "shadow", or "secondary" (noise cancellation)
         # What the comparator calls this target's response: its address, or "secondary".
@@ -52,7 +52,7 @@ class ShadowTarget:
 
     def configure(self, *, queue_size: int, concurrency: int, timeout: float,
                   connect_timeout: float, capture_limit: int,
-                  tls: ssl.SSLContext | None = None) -> None:
+                  tls: ResumingContext | None = None) -> None:
         """Apply a config's settings: at start-up, and to a target a reload keeps."""
         self.pool.tls = tls
         self.queue.maxsize = queue_size

@@ -54,13 +54,15 @@ class ResumingContext(ssl.SSLContext):
     TLS connection through wrap_bio, so this is where the session goes in. A session the
     server no longer knows just means a full handshake."""
 
-    sessions: dict[str, ssl.SSLSession]
+    def __init__(self, protocol: ssl._SSLMethod) -> None:
+        super().__init__()   # the protocol is taken by SSLContext.__new__
+        self.sessions: dict[str, ssl.SSLSession] = {}   # host name -> its latest session
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
                  server_side: bool = False, server_hostname: str | bytes | None = None,
                  session: ssl.SSLSession | None = None) -> ssl.SSLObject:
         if session is None and not server_side and isinstance(server_hostname, str):
-            session = self.__dict__.setdefault("sessions", {}).get(server_hostname)
+            session = self.sessions.get(server_hostname)
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
     def remember(self, sslobj: ssl.SSLObject | None) -> None:
@@ -70,7 +72,7 @@ class ResumingContext(ssl.SSLContext):
             return
         session = sslobj.session
         if session is not None:
-            self.__dict__.setdefault("sessions", {})[sslobj.server_hostname] = session
+            self.sessions[sslobj.server_hostname] = session
 
 
 def warn_if_insecure(config: Config) -> None:
