@@ -24,14 +24,17 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000; $2 }
 CONF
 }
-UP='listen 127.0.0.1:PORT ssl; ssl_certificate '"$W"'/cert.pem; ssl_certificate_key '"$W"'/key.pem;
+# nginx 1.22 offers only TLS <= 1.2 unless told (ssl_protocols, proxy_ssl_protocols); fastmirror and
+# Envoy speak TLS 1.3, whose resumed handshake still does an ECDHE exchange, so nginx is told too.
+P13='ssl_protocols TLSv1.2 TLSv1.3;'
+UP='listen 127.0.0.1:PORT ssl; '"$P13"' ssl_certificate '"$W"'/cert.pem; ssl_certificate_key '"$W"'/key.pem;
     location / { return 200 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"; }'
 for u in primary:28101 shadow:28102; do
   nginx_conf "${u%%:*}" "server { ${UP/PORT/${u##*:}} }"
   taskset -c 1 nginx -p "$W/${u%%:*}/" -c "$W/${u%%:*}/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 done
-PROXY_TLS="ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;"
-UPS="proxy_ssl_verify on; proxy_ssl_trusted_certificate $W/ca.pem; proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_session_reuse on; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+PROXY_TLS="$P13 ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;"
+UPS="proxy_ssl_protocols TLSv1.2 TLSv1.3; proxy_ssl_verify on; proxy_ssl_trusted_certificate $W/ca.pem; proxy_ssl_server_name on; proxy_ssl_name localhost; proxy_ssl_session_reuse on; proxy_http_version 1.1; proxy_set_header Connection \"\";"
 nginx_conf nginx-proxy "
   upstream primary { server 127.0.0.1:28101; keepalive 64; }
   upstream shadow { server 127.0.0.1:28102; keepalive 64; }

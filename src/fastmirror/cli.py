@@ -377,8 +377,8 @@ _CHECK_WHAT = "check-config: give FILE.toml, or the flags alone (--primary HOST:
 
 
 def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Config]:
-    """The file and flags as load_config takes them, the Config, and the resolving check
-    (resolve.check_aliases), which check-config and start-up both run."""
+    """The file and flags as load_config takes them, the Config, and preflight.check
+    (names resolved, TLS files loaded), which check-config and start-up both run."""
     path: str | None = getattr(args, "config", None)
     overrides = {k: v for k, v in vars(args).items() if k in _FIELD_NAMES}
     if args.command == "check-config":
@@ -388,21 +388,9 @@ def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, object], Conf
         if path is None and not overrides:
             raise ConfigError(_CHECK_WHAT)
     config = load_config(path, overrides)
+    from fastmirror import preflight  # sockets and ssl: only once the config is valid
 
-    def label(key: str) -> tuple[str, str]:
-        return ("--" + key.replace("_", "-"), "") if key in overrides else (key, f" (in {path})")
-
-    from fastmirror.resolve import check_aliases  # sockets: only once the config is valid
-
-    check_aliases(config, label)
-    # What config.py cannot check without ssl: that the TLS files load (exit 2, one line).
-    from fastmirror.proxy.upstream_tls import client_context
-
-    client_context(config)
-    if config.tls_cert is not None:  # does the listener's key match its certificate (needs ssl)
-        from fastmirror.proxy.tls import server_context
-
-        server_context(config)
+    preflight.check(config, preflight.labeller(path, overrides))
     return path, overrides, config
 
 

@@ -699,6 +699,9 @@ _CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
     ("admin", lambda c: c.admin != c.listen, "must not be the listen address", True),
     ("shadow", lambda c: c.primary.endpoint not in [s.endpoint for s in c.shadow],
      "must not include the primary (it would get every request twice)", True),
+    ("shadow", lambda c: c.listen.endpoint not in [s.endpoint for s in c.shadow],
+     "must not include the listen address (a loop: each copy would come back and be mirrored "
+     "again)", True),
     ("secondary", lambda c: c.secondary is None or c.diff.enabled,
      "needs diffing on (--diff or [diff] enabled = true)", False),
     ("secondary", lambda c: c.secondary is None or c.secondary.endpoint != c.primary.endpoint,

@@ -3,7 +3,8 @@
 cli ─▶ config ─▶ resolve ─▶ workers.  config.py compares addresses as written and
 stays free of sockets; this module resolves the names (socket.getaddrinfo) and
 compares the resolved address sets, so `localhost:8080` and `127.0.0.1:8080` are one
-upstream.  A name that does not resolve, or not within RESOLVE_TIMEOUT, is not an
+upstream.  A wildcard listen address (`0.0.0.0:8080`, `[::]:8080`) is every local address
+on its port: an upstream on that port at an address this host can bind is the proxy itself.  A name that does not resolve, or not within RESOLVE_TIMEOUT, is not an
 error here: DNS may not be up when check-config or the proxy starts, and the proxy
 resolves again when it connects.  It only reads a Config: it changes nothing.
 """
@@ -63,6 +64,7 @@ def resolve_all(addresses: Iterable[Address], timeout: float = RESOLVE_TIMEOUT) 
 
 
 _TWICE = "it would get every request twice"
+_LOOP_COPY = "a loop: each copy would come back and be mirrored again"
 
 
 def _pairs(config: Config) -> list[tuple[str, Address, str, Address, str]]:
@@ -74,13 +76,39 @@ def _pairs(config: Config) -> list[tuple[str, Address, str, Address, str]]:
         pairs += [("secondary", config.secondary, "the shadow", s, _TWICE) for s in config.shadow]
     # After the shadows, so a shadow named like the primary is reported as that.
     pairs.append(("primary", config.primary, "the listen address", config.listen, "a loop"))
+    pairs += [("shadow", s, "the listen address", config.listen, _LOOP_COPY) for s in config.shadow]
+    if config.secondary is not None:
+        pairs.append(("secondary", config.secondary, "the listen address", config.listen, "a loop"))
     return [p for p in pairs if p[1] != p[3]]  # equal as written: config.py has said so already
+
+
+def _is_wildcard(address: Address) -> bool:
+    try:
+        return ipaddress.ip_address(address.host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether this host owns ip: it can bind it (port 0, so nothing is taken)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+def _listening(endpoints: frozenset[Endpoint], listen: Address) -> frozenset[Endpoint]:
+    """Of endpoints, those a wildcard listen address takes: its port, a local address."""
+    return frozenset(e for e in endpoints if e[1] == listen.port and _is_local(e[0]))
 
 
 def check_aliases(config: Config, label: Callable[[str], tuple[str, str]],
                   resolve: Callable[[list[Address]], Resolved] = resolve_all) -> None:
     """Refuse a shadow (or the secondary) that resolves to where the primary (or a shadow) is,
-    and a primary that resolves to the listen address (a loop).
+    and an upstream that resolves to the listen address (a loop).
 
     Args:
         label: key -> how to name it in the error and where it was given: ("--shadow", "")
@@ -95,12 +123,12 @@ def check_aliases(config: Config, label: Callable[[str], tuple[str, str]],
         return  # everything equal as written: config.py has refused it already
     endpoints = resolve([name for pair in pairs for name in (pair[1], pair[3])])
     for key, address, what, other, why in pairs:
-        shared = endpoints.get(address, frozenset()) & endpoints.get(other, frozenset())
+        mine = endpoints.get(address, frozenset())
+        wildcard = other == config.listen and _is_wildcard(other)
+        shared = _listening(mine, other) if wildcard else mine & endpoints.get(other, frozenset())
         if shared:
             ip, port = min(shared, key=lambda e: (e[0].version, e[0], e[1]))
-            both = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+            at = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+            how = f"{other} listens on {at} too" if wildcard else f"both resolve to {at}"
             name, where = label(key)
-            raise ConfigError(
-                f"{name}: {address} is {what} {other} under another name (both resolve to "
-                f"{both}); {why}{where}"
-            )
+            raise ConfigError(f"{name}: {address} is {what} {other} under another name ({how}); {why}{where}")

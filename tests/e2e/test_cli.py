@@ -311,8 +311,13 @@ def test_upstream_without_host_gets_upstream_advice(fastmirror):
 @pytest.mark.parametrize("command", [["check-config"], []])
 def test_shadow_that_is_the_primary_by_another_name(fastmirror, command):
     # Start-up refuses it too, before anything listens (the listen port is not even free-checked).
-    result = fastmirror(*command, "--primary", "localhost:8080", "--shadow", "127.0.0.1:8080")
-    assert_one_line_error(result, "--shadow", "127.0.0.1:8080", "localhost:8080", "under another name")
+    result = fastmirror(*command, "--primary", "localhost:8090", "--shadow", "127.0.0.1:8090")
+    assert_one_line_error(result, "--shadow", "127.0.0.1:8090", "localhost:8090", "under another name")
+
+
+def test_primary_behind_a_wildcard_listen_address_is_a_loop(fastmirror):
+    result = fastmirror("--listen", "0.0.0.0:8091", "--primary", "127.0.0.1:8091")
+    assert_one_line_error(result, "--primary", "0.0.0.0:8091 listens on 127.0.0.1:8091 too", "a loop")
 
 
 def test_shadow_by_another_name_in_the_file(fastmirror, config_file):

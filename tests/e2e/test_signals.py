@@ -84,6 +84,29 @@ def test_sighup_with_bad_config_keeps_running(run_proxy, primary, shadow):
         assert client.get(proxy.url + "/").status_code == 200
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_refuses_a_shadow_that_is_the_primary_under_another_name(run_proxy, primary, shadow, workers):
+    """The start-up check that resolves names runs on SIGHUP too: one line, old settings kept."""
+    proxy = run_proxy(config={"mirror_percent": 100, "workers": workers})
+    alias = primary.address.replace("127.0.0.1", "localhost")
+    write_toml(proxy.config_path, {"listen": proxy.address, "primary": primary.address,
+                                   "shadow": [alias], "mirror_percent": 50, "workers": workers})
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "not reloaded" not in proxy.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3 * workers)  # a worker's line, if one came
+    lines = [line for line in proxy.stderr_text().splitlines() if "not reloaded" in line]
+    if not lines and socket.getaddrinfo("localhost", None) == []:
+        pytest.skip("localhost does not resolve here")
+    assert len(lines) == 1, lines
+    assert f"shadow: {alias} is the primary {primary.address} under another name" in lines[0]
+    assert mirror_percent(proxy) == 100
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        assert client.get(proxy.url + "/").status_code == 200
+    assert [r.target for r in shadow.wait_for_requests(1)] == ["/"]
+
+
 def test_ready_is_503_while_draining_and_health_still_answers(run_proxy, primary):
     proxy = run_proxy(shadow=None)
     assert proxy.admin("GET", "/ready").status_code == 200

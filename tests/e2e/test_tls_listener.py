@@ -326,3 +326,56 @@ def test_check_config_names_the_bad_file(tmp_path: Path, certs):
         lines = out.stderr.splitlines()
         assert out.returncode == 2 and len(lines) == 1, (flags, out.stderr)
         assert key in lines[0] and file in lines[0], (flags, lines)
+
+
+def test_handshakes_in_progress_count_toward_max_connections(run_proxy, primary, certs):
+    """Clients that never finish the handshake hold at most --max-connections places; the
+    next one waits in the backlog (not refused) and is served when one of them goes."""
+    proxy = run_proxy(*certs.flags(), "--max-connections", "2", "--tls-handshake-timeout", "30")
+    silent = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while proxy.metric("fastmirror_downstream_accept_paused_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.metric("fastmirror_downstream_accept_paused_total") >= 1
+        waiting = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)  # the backlog
+        try:
+            waiting.settimeout(1.0)
+            tls = certs.client_context().wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(),
+                                                  server_hostname="127.0.0.1")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            waiting.sendall(out.read())  # the ClientHello: no answer while the cap holds
+            with pytest.raises(TimeoutError):
+                waiting.recv(1)
+            silent.pop().close()  # a place: the waiting connection is taken and served
+            waiting.close()
+            with tls_connect(proxy.port, certs.client_context()) as sock:
+                # (a fresh client: the one above gave up; this one gets the freed place)
+                assert get(sock, "/served") == (200, b"hello from primary\n")
+        finally:
+            waiting.close()
+    finally:
+        for sock in silent:
+            sock.close()
+    assert proxy.metric("fastmirror_downstream_connections_rejected_total") == 0
+    assert "Traceback" not in proxy.stderr_text()
+
+
+def test_sighup_with_a_mismatched_key_is_logged_once_with_workers(run_proxy, primary, certs, tmp_path):
+    """The supervisor checks the new files before any worker sees the SIGHUP: one line,
+    not one per worker, and every worker keeps serving the old certificate."""
+    proxy = run_proxy(*certs.flags(), "--workers", "2")
+    ctx = certs.client_context()
+    old = served_cert(proxy.port, ctx)
+    other = trustme.CA().issue_cert("127.0.0.1")
+    other.private_key_pem.write_to_path(str(certs.key))  # a key of another certificate
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "not reloaded" not in proxy.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # time for a worker's line, if any came
+    lines = [line for line in proxy.stderr_text().splitlines() if "not reloaded" in line]
+    assert len(lines) == 1 and "does not match the certificate" in lines[0], lines
+    assert all(served_cert(proxy.port, ctx) == old for _ in range(8))
+    assert proxy.proc.poll() is None and "Traceback" not in proxy.stderr_text()

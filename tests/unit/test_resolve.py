@@ -38,7 +38,7 @@ FAKE = table(localhost=["127.0.0.1", "::1"], backend=["10.0.0.5"], v2=["10.0.0.6
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"primary": "localhost:8080", "shadow": ["127.0.0.1:8080"]},
+    [({"listen": "127.0.0.1:9999", "primary": "localhost:8080", "shadow": ["127.0.0.1:8080"]},
       "--shadow: 127.0.0.1:8080 is the primary localhost:8080 under another name "
       "(both resolve to 127.0.0.1:8080); it would get every request twice"),
      ({"primary": "backend:80", "shadow": ["v2:80", "alias:80"]},
@@ -77,7 +77,8 @@ def test_primary_that_is_the_listen_address_by_another_name():
 
 
 def test_file_key_named_with_its_file():
-    config = load_config(None, {"primary": "localhost:8080", "shadow": ["127.0.0.1:8080"]})
+    config = load_config(None, {"listen": "127.0.0.1:9999", "primary": "localhost:8080",
+                                "shadow": ["127.0.0.1:8080"]})
     with pytest.raises(ConfigError, match=r"^shadow: .* twice \(in f\.toml\)$"):
         check_aliases(config, lambda key: (key, " (in f.toml)"), FAKE)
 
@@ -88,7 +89,8 @@ def test_real_resolver_localhost_is_loopback():
     assert (ipaddress.ip_address("127.0.0.1"), 8080) in found[loopback]
     if not found[localhost]:
         pytest.skip("localhost does not resolve here")
-    config = load_config(None, {"primary": "localhost:8080", "shadow": ["127.0.0.1:8080"]})
+    config = load_config(None, {"listen": "127.0.0.1:9999", "primary": "localhost:8080",
+                                "shadow": ["127.0.0.1:8080"]})
     with pytest.raises(ConfigError, match="under another name"):
         check_aliases(config, flag)
 
@@ -112,3 +114,47 @@ def test_a_hanging_lookup_counts_as_unresolved(monkeypatch):
     assert time.monotonic() - started < 2
     assert found[Address("slow", 80)] == frozenset()
     assert found[Address("127.0.0.1", 80)] == {(ipaddress.ip_address("127.0.0.1"), 80)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"listen": "0.0.0.0:8080", "primary": "127.0.0.1:8080"},
+      "--primary: 127.0.0.1:8080 is the listen address 0.0.0.0:8080 under another name "
+      "(0.0.0.0:8080 listens on 127.0.0.1:8080 too); a loop"),
+     ({"listen": "0.0.0.0:8080", "primary": "localhost:8080"},
+      "--primary: localhost:8080 is the listen address 0.0.0.0:8080 under another name"),
+     ({"listen": "[::]:8080", "primary": "[::1]:8080"},
+      "--primary: [::1]:8080 is the listen address [::]:8080 under another name "
+      "([::]:8080 listens on [::1]:8080 too); a loop"),
+     ({"listen": "0.0.0.0:8080", "primary": "backend:80", "shadow": ["127.0.0.1:8080"]},
+      "--shadow: 127.0.0.1:8080 is the listen address 0.0.0.0:8080 under another name "
+      "(0.0.0.0:8080 listens on 127.0.0.1:8080 too); a loop: each copy would come back"),
+     ({"listen": "127.0.0.1:8080", "primary": "backend:80", "shadow": ["localhost:8080"]},
+      "--shadow: localhost:8080 is the listen address 127.0.0.1:8080 under another name"),
+     ({"listen": "0.0.0.0:8080", "primary": "backend:80", "secondary": "127.0.0.1:8080",
+       "diff.enabled": True},
+      "--secondary: 127.0.0.1:8080 is the listen address 0.0.0.0:8080 under another name")],
+)  # fmt: skip
+def test_upstream_that_is_the_listen_address(overrides, message):
+    """A wildcard listen address is every local address on its port (loopback is local)."""
+    if ":" in overrides["listen"] and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with pytest.raises(ConfigError) as info:
+        check_aliases(load_config(None, overrides), flag, FAKE)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"listen": "0.0.0.0:8080", "primary": "127.0.0.1:8081"},  # another port
+     {"listen": "0.0.0.0:8080", "primary": "backend:8080"},    # another host (10.0.0.5 is not ours)
+     {"listen": "127.0.0.2:8080", "primary": "127.0.0.1:8080"}],  # another local address, not a wildcard
+)  # fmt: skip
+def test_listen_address_on_another_host_or_port_passes(overrides):
+    check_aliases(load_config(None, overrides), flag, FAKE)
+
+
+def test_shadow_that_is_the_listen_address_as_written():
+    with pytest.raises(ConfigError, match=r"^--shadow: must not include the listen address \(a loop"):
+        load_config(None, {"listen": "127.0.0.1:8080", "primary": "backend:80",
+                           "shadow": ["127.0.0.1:8080"]})

@@ -11,6 +11,7 @@ import trustme
 
 from fastmirror.config import ConfigError, load_config
 from fastmirror.ops.metrics import Registry
+from fastmirror.proxy.context import ProxyContext
 from fastmirror.proxy import tls
 
 
@@ -74,7 +75,8 @@ def test_a_key_of_another_certificate_is_refused(files, tmp_path):
 
 
 def test_reload_loads_into_the_same_context_and_a_bad_file_changes_nothing(files, tmp_path):
-    listener = tls.ListenerTLS(load(tls_cert=files["cert"], tls_key=files["key"]), Registry(process=False))
+    config = load(tls_cert=files["cert"], tls_key=files["key"])
+    listener = tls.ListenerTLS(config, ProxyContext(config, Registry(process=False)))
     ctx = listener.context
     second = trustme.CA().issue_cert("127.0.0.1")
     cert2, key2 = str(tmp_path / "cert2.pem"), str(tmp_path / "key2.pem")

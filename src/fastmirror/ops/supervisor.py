@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from fastmirror import preflight
 from fastmirror.config import Config, ConfigError, config_to_dict, load_config
 from fastmirror.ops import control
 from fastmirror.ops.control import SupervisorEnd, WorkerSpec
@@ -239,6 +240,8 @@ class Supervisor:
         self.n = n
         self.children: dict[int, Child] = {}
         self.percent_override: float | None = None  # set by PUT /mirror, reset by SIGHUP
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.draining = False
         self.all_ready = False
         self.exit_code = 0
@@ -300,27 +303,35 @@ class Supervisor:
     def handle_sighup(self) -> None:
         """Reload here (for /config) and in every worker (each reloads itself).
 
-        A config file that does not load is reported here, once, and the workers are
-        not told: each would read the same file, fail the same way and log the same
-        line again, and keep its settings just the same.
+        The new config is checked here first, in a thread (preflight resolves names):
+        one that fails is reported here, once, and the workers are not told. Each
+        would read the same files, fail the same way and log the same line again,
+        and keep its settings just the same. SIGHUPs in a row are forwarded in order.
         """
-        if self.config_path is not None:
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        async with self._reload_lock:
             try:
-                config = load_config(self.config_path, self.overrides)
+                config = await asyncio.get_running_loop().run_in_executor(
+                    None, preflight.load_checked, self.config_path, self.overrides)
             except ConfigError as exc:
-                log.error("SIGHUP: config not reloaded: %s", exc)
+                log.error("SIGHUP: %s not reloaded: %s",
+                          "config" if self.config_path else "certificate", exc)
                 return
-            else:
+            if self.config_path is not None:
                 if config.effective_workers != self.n:
                     log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
                                 self.n)
                 self.config = config
                 self.percent_override = None  # the file's percent wins, as with one worker
-        for child in self.children.values():
-            if child.ready:
-                child.kill(signal.SIGHUP)
-            else:
-                child.reload_pending = True
+            for child in self.children.values():
+                if child.ready:
+                    child.kill(signal.SIGHUP)
+                else:
+                    child.reload_pending = True
 
     def _stop(self, exit_code: int = 0) -> None:
         from fastmirror.ops.worker import sd_notify

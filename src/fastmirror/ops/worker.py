@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import uvloop
 
-from fastmirror import __version__
+from fastmirror import __version__, preflight
 from fastmirror.diffing.live import Diffing
-from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, config_to_dict
 from fastmirror.hotpath import CORE_IMPL
 from fastmirror.ops.control import serve_worker_end
 from fastmirror.ops.logs import AccessLog
@@ -28,7 +28,6 @@ from fastmirror.ops.metrics import Registry
 from fastmirror.ops.rebalance import Shedder
 from fastmirror.proxy.context import ProxyContext, Settings
 from fastmirror.proxy.downstream import DownstreamProtocol
-from fastmirror.proxy.upstream_tls import client_context
 from fastmirror.proxy.listener import Acceptor, bind_listener
 from fastmirror.proxy.tls import ListenerTLS
 
@@ -143,6 +142,8 @@ class Worker:
         self._log_dropped_before = 0
         self.registry.on_collect.append(self._collect_access_log)
         self.tls: ListenerTLS | None = None  # TLS on the listener (issue 9), set by run()
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -153,7 +154,7 @@ class Worker:
         # TLS on the listener (issue 9): each worker builds its own context.
         if config.tls_cert is not None:
             try:
-                self.tls = ListenerTLS(config, self.registry)
+                self.tls = ListenerTLS(config, self.ctx)
             except ConfigError as exc:  # a file replaced since the config was checked
                 log.error("%s", exc)
                 return 2
@@ -240,26 +241,39 @@ class Worker:
         s.retired = [t for t in s.retired if t.active or len(t.queue)]
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file; new requests use it, in-flight ones finish."""
+        """SIGHUP: re-read the config file; new requests use it, in-flight ones finish.
+
+        The checks that resolve names (preflight) run in a thread, so a slow resolver
+        does not stall the proxy; SIGHUPs in a row are applied in order."""
         if self.config_path is None:
-            log.info("SIGHUP: no config file to reload")
             if self.ctx.settings.access_log is not None:
-                self.ctx.settings.access_log.reopen()
-            if self.tls is not None:  # issue 9: the flags' certificate files, re-read
-                try:
-                    self.tls.reload(load_config(None, self.overrides))
-                except ConfigError as exc:
-                    log.error("SIGHUP: certificate not reloaded: %s", exc)
+                self.ctx.settings.access_log.reopen()  # logrotate's SIGHUP
+            if self.tls is None:
+                log.info("SIGHUP: no config file to reload")
+                return
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                config = await loop.run_in_executor(None, preflight.load_checked,
+                                                    self.config_path, self.overrides)
+                if self.config_path is None:  # the flags' certificate files, re-read
+                    assert self.tls is not None
+                    self.tls.reload(config)
+                    log.info("SIGHUP: certificate reloaded")
                     return
-                log.info("SIGHUP: certificate reloaded")
-            return
-        try:
-            config = load_config(self.config_path, self.overrides)
-            client_context(config)    # the upstream TLS files load: checked before any change
-            self._reload_tls(config)  # a bad certificate file keeps the whole old config
-        except ConfigError as exc:
-            log.error("SIGHUP: config not reloaded: %s", exc)
-            return
+                self._reload_tls(config)  # a bad certificate file keeps the whole old config
+            except ConfigError as exc:
+                log.error("SIGHUP: %s not reloaded: %s",
+                          "config" if self.config_path else "certificate", exc)
+                return
+            self._apply(config)
+
+    def _apply(self, config: Config) -> None:
         old = self.ctx.settings
         if config.listen != old.config.listen:
             log.warning("SIGHUP: listen address changes need a restart; keeping %s",

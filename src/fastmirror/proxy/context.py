@@ -130,6 +130,7 @@ class ProxyContext:
         self.registry = registry
         self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
         self.connections: set[ClientConnection] = set()
+        self.handshakes = 0  # TLS connections not handed to a DownstreamProtocol yet (tls.py)
         self.acceptor: Acceptor | None = None  # set once listening; pauses at max_connections
         self.ids = RequestIds()
         self.draining = False
@@ -141,17 +142,37 @@ class ProxyContext:
         At the cap the acceptor pauses, so the next connections wait in the backlog."""
         self.connections.add(conn)
         self.registry.connections_active += 1
+        return self._fit()
+
+    def _fit(self) -> bool:
         acceptor = self.acceptor
-        if acceptor is not None and not acceptor.fit(len(self.connections),
+        if acceptor is not None and not acceptor.fit(len(self.connections) + self.handshakes,
                                                      self.settings.max_connections):
             self.registry.connections_rejected += 1
             return False
         return True
+
+    def begin_handshake(self) -> bool:
+        """A TLS connection was accepted: it counts toward --max-connections while it
+        handshakes, so clients that never finish cannot hold more than the cap. False
+        when over it (the caller closes it; it is not counted any more)."""
+        self.handshakes += 1
+        if self._fit():
+            return True
+        self.handshakes -= 1
+        return False
+
+    def end_handshake(self, handed_over: bool) -> None:
+        """The handshake is over. Handed over, the connection is admitted at once
+        (same count, no pause and resume); failed, it frees its place."""
+        self.handshakes -= 1
+        if not handed_over and self.acceptor is not None:
+            self.acceptor.fit(len(self.connections) + self.handshakes, self.settings.max_connections)
 
     def release(self, conn: ClientConnection) -> None:
         """A connection closed: below the cap again, the acceptor resumes."""
         self.connections.discard(conn)
         self.registry.connections_active -= 1
         if self.acceptor is not None:
-            self.acceptor.fit(len(self.connections), self.settings.max_connections)
+            self.acceptor.fit(len(self.connections) + self.handshakes, self.settings.max_connections)
 

@@ -28,10 +28,12 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fastmirror.config import Config, ConfigError
-from fastmirror.ops.metrics import Registry
+
+if TYPE_CHECKING:
+    from fastmirror.proxy.context import ProxyContext
 
 log = logging.getLogger("fastmirror.tls")
 
@@ -100,13 +102,16 @@ def is_handshake_error(exc: BaseException) -> bool:
 
 
 class ListenerTLS:
-    """One worker's listener TLS: the context, the handshake timeout, the failed-handshake count."""
+    """One worker's listener TLS: the context, the handshake timeout, the failed-handshake count.
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    Handshakes count toward --max-connections (ProxyContext.begin_handshake)."""
+
+    def __init__(self, config: Config, ctx: ProxyContext) -> None:
         self.context = server_context(config)
         self.client_ca = config.tls_client_ca
         self.timeout = config.tls_handshake_timeout
-        self.registry = registry
+        self.ctx = ctx
+        self.registry = ctx.registry
         self.pending: set[Handshake] = set()
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -167,6 +172,9 @@ class Handshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
         tls = self.tls
+        if not tls.ctx.begin_handshake():  # over --max-connections (accepted in one batch)
+            self.transport.abort()
+            return
         tls.pending.add(self)
         self.coro = asyncio.get_running_loop().start_tls(
             self.transport, self, tls.context, server_side=True, ssl_handshake_timeout=tls.timeout)
@@ -178,26 +186,32 @@ class Handshake(asyncio.Protocol):
         try:
             waiter = self.coro.send(None)
         except StopIteration as done:
-            self.tls.pending.discard(self)
-            self._handed_over(done.value)
+            self._hand_over(done.value)
         except Exception as exc:  # ssl.SSLError (an OSError), the timeout's ConnectionAbortedError, ...
-            self.tls.pending.discard(self)
+            self._finish(handed_over=False)
             self.tls.failed(exc, self.transport.get_extra_info("peername"))
             self.transport.abort()
         else:
             waiter.add_done_callback(self._step)
 
-    def _handed_over(self, secure: asyncio.Transport | None) -> None:
+    def _hand_over(self, secure: asyncio.Transport | None) -> None:
         if secure is None or secure.is_closing():
             # The client closed before its first byte: start_tls returns a closed
             # transport (a TCP health check; see is_handshake_error).
+            self._finish(handed_over=False)
             return
+        self._finish(handed_over=True)  # and the protocol admits it in the same count
         protocol = self.factory()
         secure.set_protocol(protocol)
         protocol.connection_made(secure)
 
+    def _finish(self, handed_over: bool) -> None:
+        if self in self.tls.pending:
+            self.tls.pending.discard(self)
+            self.tls.ctx.end_handshake(handed_over)
+
     def abort(self) -> None:
-        self.tls.pending.discard(self)
+        self._finish(handed_over=False)
         coro, self.coro = self.coro, None
         if coro is not None:
             coro.close()  # start_tls closes its TLS transport
