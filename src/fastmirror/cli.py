@@ -116,6 +116,18 @@ _CONTRACT_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
     ("--tls-key", "FILE", "PEM private key of --tls-cert (not encrypted)", {}),
     ("--tls-client-ca", "FILE",
      "require client certificates signed by a CA in this PEM file (mTLS; default: none asked)", {}),
+    # Routes and the mirror copy (issue 10); [[route]] and [[shadow]] tables are file-only
+    ("--shadow-set-header", "'NAME: VALUE'",
+     "set this header on every shadow's copy (never the primary's); repeatable", {"action": "append"}),
+    ("--shadow-remove-header", "NAME",
+     "remove this header, every instance in any case, from every shadow's copy "
+     "(e.g. authorization, cookie); repeatable", {"action": "append"}),
+    ("--mirror-max-rps", "N",
+     'at most N copies a second per shadow; the rest are counted outcome="limited" '
+     "(default: no cap)", {}),
+    ("--mirror-for", "DURATION",
+     f'mirroring turns itself off after this long ({DURATION_FORMS}); "off": never '
+     "(default: off)", {}),
 )  # fmt: skip
 
 _EXTENSION_FLAGS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (

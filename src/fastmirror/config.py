@@ -513,6 +513,267 @@ def _pem_key(value: object) -> str | None:
     return str(value)
 
 
+# --- Shadows as tables, the shadow copy's header edits, and routes (issue 10) --------------
+# A [[shadow]] table names a shadow and carries what its copies get; [[route]] tables pick,
+# per path prefix (and method), the mirror settings and which shadows get copies.
+
+# Header names a shadow copy's edit may not touch: they frame the request or route it
+# (an edit would desynchronise the copy on the shadow's connection), or are the markers
+# the shadow relies on. Compared lower-cased with "_" read as "-", as CGI back ends do.
+_UNEDITABLE = frozenset({
+    "content-length", "transfer-encoding", "host", "connection", "keep-alive",
+    "proxy-connection", "te", "trailer", "upgrade", "x-fastmirror-shadow", "x-fastmirror-id",
+})  # fmt: skip
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")  # no CR, LF, NUL, other controls
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # goes in ?route=NAME unescaped
+
+
+def _editable_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
+        raise _Invalid(f"{_show(value)} is not a header name")
+    name = value.strip().lower()
+    if name.replace("_", "-") in _UNEDITABLE:
+        raise _Invalid(f"{name} cannot be edited on the copy (it frames or marks the request)")
+    return name
+
+
+def _set_headers(value: object) -> tuple[tuple[str, str], ...]:
+    """{"x-env": "shadow"} (TOML), or ["x-env: shadow", ...] (the repeatable flag)."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        pairs: list[tuple[object, object]] = []
+        for item in value:
+            if not isinstance(item, str) or ":" not in item:
+                raise _Invalid(f"{_show(item)} is not NAME: VALUE")
+            before, _, after = item.partition(":")
+            pairs.append((before, after))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise _Invalid()
+    result: dict[str, str] = {}
+    for raw, text in pairs:
+        key = _editable_name(raw)
+        if not isinstance(text, str) or not _FIELD_VALUE.fullmatch(text):
+            raise _Invalid(f"the value of {key} must be text without CR, LF or other control bytes")
+        if key in result:
+            raise _Invalid(f"sets {key} twice")
+        result[key] = text.strip(" \t")
+    return tuple(result.items())
+
+
+def _remove_headers(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid()
+    return _unique([_editable_name(i) for i in items])
+
+
+def _optional_positive(value: object) -> float | None:
+    if value is None:
+        return None
+    number = _real(value)
+    if number <= 0:
+        raise _Invalid()
+    return number
+
+
+def _optional_duration(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise _Invalid()
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """One shadow: where it is, the name routes give it, and what its copies carry."""
+
+    address: Address
+    name: str  # routes name it by this; a plain `shadow = "host:port"` is named str(address)
+    set_header: tuple[tuple[str, str], ...] = ()  # (lower-case name, value), after shadow_set_header
+    remove_header: tuple[str, ...] = ()  # lower-case names, with shadow_remove_header
+    max_rps: float | None = None  # copies a second; None: mirror_max_rps
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+    @property
+    def plain(self) -> bool:
+        """Given as a bare address: check-config prints it as one."""
+        return self == Shadow(self.address, str(self.address))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One [[route]] table; None means "the top-level setting" (as it is at run time)."""
+
+    name: str
+    prefix: str = "/"  # matched against the request's normalised path
+    methods: tuple[str, ...] | None = None  # match only these; None: any method
+    mirror_percent: float | None = None
+    mirror_methods: tuple[str, ...] | None = None
+    shadow: tuple[str, ...] | None = None  # shadow names; None: every shadow; (): no mirroring
+    mirror_key: str | None = None
+
+
+_SHADOW_KEYS = ("name", "target", "set_header", "remove_header", "max_rps")
+_ROUTE_KEYS = ("name", "prefix", "methods", "mirror_percent", "mirror_methods", "shadow", "mirror_key")
+
+
+def _shadow_list(value: object) -> tuple[Address | dict[str, Any], ...]:
+    """`shadow`: addresses (as _upstreams) or [[shadow]] tables, kept raw for _shadows."""
+    items = [value] if isinstance(value, (str, Address, dict)) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid()
+    if not any(isinstance(i, dict) for i in items):
+        return _upstreams(items)
+    return tuple(i if isinstance(i, dict) else _upstream(i) for i in items)
+
+
+def _table_list(value: object) -> tuple[dict[str, Any], ...]:
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, dict) for i in items):
+        raise _Invalid()
+    return tuple(items)
+
+
+def _in_table(kind: str, index: int, table: dict[str, Any], keys: tuple[str, ...],
+              where: str) -> Callable[[str, _Field], Any]:
+    """A converter of one key of the index-th [[kind]] table, whose errors say which table."""
+    name = table.get("name")
+    label = f"{kind} {name!r}" if isinstance(name, str) and name else f"{kind} #{index + 1}"
+    for key in table:
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{label}: unknown key {key!r}{hint}{where}")
+
+    def get(key: str, row: _Field) -> Any:
+        return _convert(row, _Given(table[key], f"{label}: {key}", where, from_flag=False))
+
+    return get
+
+
+def _shadows(items: tuple[Address | dict[str, Any], ...], where: str) -> tuple[Shadow, ...]:
+    shadows: list[Shadow] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Address):
+            shadows.append(Shadow(item, str(item)))
+            continue
+        get = _in_table("shadow", index, item, _SHADOW_KEYS, where)
+        if "target" not in item:
+            raise ConfigError(f"shadow #{index + 1}: target is required (target = \"http://host:port\"){where}")
+        address = get("target", _FIELDS["primary"])
+        name = get("name", _Field(_route_name, what="a name of letters, digits, '-', '_', '.'")) \
+            if "name" in item else str(address)
+        shadows.append(Shadow(
+            address, name,
+            set_header=get("set_header", _FIELDS["shadow_set_header"]) if "set_header" in item else (),
+            remove_header=get("remove_header", _FIELDS["shadow_remove_header"]) if "remove_header" in item else (),
+            max_rps=get("max_rps", _FIELDS["mirror_max_rps"]) if "max_rps" in item else None,
+        ))  # fmt: skip
+    for i, shadow in enumerate(shadows):
+        for other in shadows[:i]:
+            if other.address.endpoint == shadow.address.endpoint:
+                raise ConfigError(f"shadow: lists {shadow.address} twice{where}")
+            if other.name == shadow.name:
+                raise ConfigError(f"shadow: two shadows are named {shadow.name!r}{where}")
+    return tuple(shadows)
+
+
+def _route_name(value: object) -> str:
+    if not isinstance(value, str) or not _ROUTE_NAME.fullmatch(value):
+        raise _Invalid()
+    return value
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not _FIELD_VALUE.fullmatch(value) \
+            or " " in value or "?" in value or "#" in value:
+        raise _Invalid()
+    return value
+
+
+def _shadow_refs(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise _Invalid()
+    return _unique([i.strip() for i in items])
+
+
+
+
+def _routes(tables: tuple[dict[str, Any], ...], shadows: tuple[Shadow, ...],
+            where: str) -> tuple[Route, ...]:
+    routes: list[Route] = []
+    for index, table in enumerate(tables):
+        get = _in_table("route", index, table, _ROUTE_KEYS, where)
+        if "name" not in table:
+            raise ConfigError(f"route #{index + 1}: name is required (name = \"search\"){where}")
+        name = get("name", _ROUTE_FIELDS["name"])
+        if any(r.name == name for r in routes):
+            raise ConfigError(f"route {name!r}: two routes have this name{where}")
+        methods = get("methods", _ROUTE_FIELDS["methods"]) if "methods" in table else None
+        refs = get("shadow", _ROUTE_FIELDS["shadow"]) if "shadow" in table else None
+        routes.append(Route(
+            name=name,
+            prefix=get("prefix", _ROUTE_FIELDS["prefix"]) if "prefix" in table else "/",
+            methods=None if methods == ("ALL",) else methods,
+            mirror_percent=get("mirror_percent", _FIELDS["mirror_percent"]) if "mirror_percent" in table else None,
+            mirror_methods=get("mirror_methods", _FIELDS["mirror_methods"]) if "mirror_methods" in table else None,
+            shadow=None if refs is None else tuple(_shadow_named(name, ref, shadows, where) for ref in refs),
+            mirror_key=get("mirror_key", _FIELDS["mirror_key"]) if "mirror_key" in table else None,
+        ))  # fmt: skip
+    return tuple(routes)
+
+
+def _shadow_named(route: str, ref: str, shadows: tuple[Shadow, ...], where: str) -> str:
+    """A route's shadow reference (a name, or an address as written) -> the shadow's name."""
+    for shadow in shadows:
+        if ref == shadow.name:
+            return shadow.name
+    try:
+        address = _upstream(ref)
+    except _Invalid:
+        address = None
+    for shadow in shadows:
+        if address is not None and address == shadow.address:
+            return shadow.name
+    known = ", ".join(s.name for s in shadows) or "none: give shadow = [...] at the top level"
+    raise ConfigError(f"route {route!r}: shadow {ref!r} is not one of the shadows (known: {known}){where}")
+
+
+def route_warnings(config: Config) -> list[str]:
+    """Routes that can never match: an earlier route takes every request they would."""
+    found = []
+    for j, later in enumerate(config.route):
+        for earlier in config.route[:j]:
+            covers_methods = earlier.methods is None or (
+                later.methods is not None and set(later.methods) <= set(earlier.methods))
+            if later.prefix.startswith(earlier.prefix) and covers_methods:
+                found.append(f"route {later.name!r} can never match: route {earlier.name!r} "
+                             f"(prefix {earlier.prefix}) comes first and takes its requests")
+                break
+    return found
+
+
+def shadow_edits(config: Config, shadow: Shadow) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """What a shadow's copies lose and gain: (names removed, (name, value) set).
+
+    The top-level edits apply to every shadow, the shadow's own on top (its value wins
+    for a name both set). A set header replaces every instance of that name, so its
+    name is removed first too.
+    """
+    sets = dict(config.shadow_set_header)
+    sets.update(shadow.set_header)
+    removed = _unique([*config.shadow_remove_header, *shadow.remove_header, *sets])
+    return removed, tuple(sets.items())
+
+
 def _at_least(low: float) -> Callable[[Any], bool]:
     return lambda v: v >= low
 
@@ -539,7 +800,7 @@ _TIMEOUT = _Field(_duration, _positive, f"a number of seconds > 0 or a duration 
 _FIELDS: dict[str, _Field] = {
     "listen": _Field(_address, what="HOST:PORT"),
     "primary": _Field(_upstream, what="HOST:PORT or an http(s):// URL"),
-    "shadow": _Field(_upstreams, what="HOST:PORT, an http(s):// URL, or a list of them"),
+    "shadow": _Field(_shadow_list, what="HOST:PORT, an http(s):// URL, a list of them, or [[shadow]] tables"),
     "mirror_percent": _Field(_percent, lambda p: 0 <= p <= 100, "a number from 0 to 100", _percent_text),
     "mirror_methods": _Field(_methods, what='a list of HTTP methods, or "ALL"'),
     "admin": _Field(_admin, what='HOST:PORT or "off"'),
@@ -572,6 +833,22 @@ _FIELDS: dict[str, _Field] = {
     "tls_key": _Field(_pem_key, what="a PEM private key file"),
     "tls_client_ca": _Field(_pem_certificates, what="a PEM file of CA certificates"),
     "tls_handshake_timeout": _TIMEOUT,
+    # Routes and the mirror copy (issue 10)
+    "route": _Field(_table_list, what="[[route]] tables"),
+    "shadow_set_header": _Field(_set_headers, what='a table {"x-env" = "shadow"}, or NAME: VALUE'),
+    "shadow_remove_header": _Field(_remove_headers, what="a list of header names"),
+    "mirror_max_rps": _Field(_optional_positive, what="a number of copies a second > 0",
+                             from_text=_number_text),
+    "mirror_for": _Field(_optional_duration, what=f"a duration > 0 like {DURATION_FORMS}, or \"off\"",
+                         from_text=_number_or_text),
+}
+
+# The keys of a [[route]] table that are not top-level keys too.
+_ROUTE_FIELDS: dict[str, _Field] = {
+    "name": _Field(_route_name, what="a name of letters, digits, '-', '_', '.'"),
+    "prefix": _Field(_prefix, what='a path prefix starting with "/" (no query), e.g. "/api/search"'),
+    "methods": _Field(_methods, what='a list of HTTP methods, or "ALL"'),
+    "shadow": _Field(_shadow_refs, what='a list of shadow names or addresses ([] = not mirrored)'),
 }
 
 # One row per DiffConfig field: the keys of the [diff] table.
@@ -619,7 +896,7 @@ class Config:
 
     listen: Address = Address("127.0.0.1", 8080)
     primary: Address
-    shadow: tuple[Address, ...] = ()
+    shadow: tuple[Shadow, ...] = ()
     # load_config() makes this 0 when there is no shadow, so check-config does not
     # print a percentage of nothing; 100 otherwise, as Envoy's request_mirror_policies.
     mirror_percent: float = 100.0
@@ -676,10 +953,18 @@ class Config:
     # client and, like header_timeout, bounds what an idle connect can hold.
     tls_handshake_timeout: float = 10.0
 
+    # Routes and the mirror copy (issue 10). Routes are tried in order; no match: the above.
+    route: tuple[Route, ...] = ()
+    shadow_set_header: tuple[tuple[str, str], ...] = ()  # every shadow's copy: (name, value)
+    shadow_remove_header: tuple[str, ...] = ()  # every shadow's copy loses these headers
+    mirror_max_rps: float | None = None  # per shadow, copies a second; over it: "limited"
+    mirror_for: float | None = None  # seconds; then mirroring turns itself off
+
     @property
     def upstreams(self) -> tuple[Address, ...]:
         """Every upstream: the primary, the shadows, the secondary."""
-        return (self.primary, *self.shadow, *((self.secondary,) if self.secondary else ()))
+        return (self.primary, *(s.address for s in self.shadow),
+                *((self.secondary,) if self.secondary else ()))
 
     @property
     def effective_workers(self) -> int:
@@ -697,9 +982,9 @@ _CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
     ("primary", lambda c: c.primary.endpoint != c.listen.endpoint,
      "must not be the listen address (a loop)", True),
     ("admin", lambda c: c.admin != c.listen, "must not be the listen address", True),
-    ("shadow", lambda c: c.primary.endpoint not in [s.endpoint for s in c.shadow],
+    ("shadow", lambda c: c.primary.endpoint not in [s.address.endpoint for s in c.shadow],
      "must not include the primary (it would get every request twice)", True),
-    ("shadow", lambda c: c.listen.endpoint not in [s.endpoint for s in c.shadow],
+    ("shadow", lambda c: c.listen.endpoint not in [s.address.endpoint for s in c.shadow],
      "must not include the listen address (a loop: each copy would come back and be mirrored "
      "again)", True),
     ("secondary", lambda c: c.secondary is None or c.diff.enabled,
@@ -707,7 +992,7 @@ _CROSS_CHECKS: tuple[tuple[str, Callable[[Config], bool], str, bool], ...] = (
     ("secondary", lambda c: c.secondary is None or c.secondary.endpoint != c.primary.endpoint,
      "must not be the primary (it is a second instance of the primary's version)", True),
     ("secondary", lambda c: c.secondary is None
-     or c.secondary.endpoint not in [s.endpoint for s in c.shadow], "must not be a shadow", True),
+     or c.secondary.endpoint not in [s.address.endpoint for s in c.shadow], "must not be a shadow", True),
     ("secondary", lambda c: c.secondary is None or c.secondary.endpoint != c.listen.endpoint,
      "must not be the listen address (a loop)", True),
     ("upstream_cert", lambda c: (c.upstream_cert is None) == (c.upstream_key is None),
@@ -825,6 +1110,10 @@ def load_config(path: str | None, overrides: Mapping[str, object]) -> Config:
         raise ConfigError(_PRIMARY_REQUIRED)
     values.setdefault("mirror_percent", 100.0 if values.get("shadow") else 0.0)
     values["diff"] = _diff_config(values.get("diff", {}), given.get("diff"), diff, path)
+    shadow_where = given["shadow"].where if "shadow" in given else ""
+    values["shadow"] = _shadows(values.get("shadow", ()), shadow_where)
+    if "route" in values:
+        values["route"] = _routes(values["route"], values["shadow"], given["route"].where)
     config = Config(**values)
 
     for key, holds, problem, show in _CROSS_CHECKS + _TLS_CHECKS:
@@ -851,6 +1140,14 @@ def _diff_config(table: dict[str, Any], where: _Given | None, flags: dict[str, _
 def _jsonable(value: object) -> object:
     if isinstance(value, Address):
         return str(value)
+    if isinstance(value, Shadow):
+        if value.plain:
+            return str(value)
+        return {"name": value.name, "target": str(value.address),
+                "set_header": dict(value.set_header), "remove_header": list(value.remove_header),
+                "max_rps": value.max_rps}
+    if isinstance(value, Route):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, DiffConfig):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
@@ -865,4 +1162,6 @@ def _jsonable(value: object) -> object:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Every field's effective value, JSON-able: addresses as `host:port`, None as null,
     `diff` as a nested dict of DiffConfig's fields."""
-    return {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    d = {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    d["shadow_set_header"] = dict(cfg.shadow_set_header)  # as the TOML table is written
+    return d

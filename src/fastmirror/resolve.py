@@ -69,14 +69,15 @@ _LOOP_COPY = "a loop: each copy would come back and be mirrored again"
 
 def _pairs(config: Config) -> list[tuple[str, Address, str, Address, str]]:
     """(key, address, what it must not be, that address, why): the pairs that must differ."""
-    pairs = [("shadow", s, "the primary", config.primary, _TWICE) for s in config.shadow]
+    shadows = [s.address for s in config.shadow]
+    pairs = [("shadow", s, "the primary", config.primary, _TWICE) for s in shadows]
     if config.secondary is not None:
         pairs.append(("secondary", config.secondary, "the primary", config.primary,
                       "the secondary is a second instance of the primary's version"))  # fmt: skip
-        pairs += [("secondary", config.secondary, "the shadow", s, _TWICE) for s in config.shadow]
+        pairs += [("secondary", config.secondary, "the shadow", s, _TWICE) for s in shadows]
     # After the shadows, so a shadow named like the primary is reported as that.
     pairs.append(("primary", config.primary, "the listen address", config.listen, "a loop"))
-    pairs += [("shadow", s, "the listen address", config.listen, _LOOP_COPY) for s in config.shadow]
+    pairs += [("shadow", s, "the listen address", config.listen, _LOOP_COPY) for s in shadows]
     if config.secondary is not None:
         pairs.append(("secondary", config.secondary, "the listen address", config.listen, "a loop"))
     return [p for p in pairs if p[1] != p[3]]  # equal as written: config.py has said so already

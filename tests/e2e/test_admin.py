@@ -15,10 +15,16 @@ import uvloop
 
 from fastmirror.ops import admin
 from fastmirror.ops.admin import start_admin
+from fastmirror.config import load_config
 from fastmirror.ops.metrics import Registry
+from fastmirror.proxy.router import MirrorState
 
 
 class FakeRuntime:
+    # diffing on, as the test doubles below answer /diffs
+    config = load_config(None, {"primary": "127.0.0.1:9000", "shadow": ["127.0.0.1:9001"],
+                                "diff.enabled": True})
+
     def __init__(self) -> None:
         self.mirror_percent = 100.0
         self.draining = False
@@ -30,6 +36,13 @@ class FakeRuntime:
 
     def set_mirror_percent(self, p: float) -> None:
         self.mirror_percent = p
+
+    @property
+    def mirror(self) -> MirrorState:
+        return MirrorState(self.mirror_percent)
+
+    def set_mirror(self, state: MirrorState) -> Any:
+        return self.set_mirror_percent(state.percent)
 
     def render_metrics(self) -> bytes:
         self.registry.mirror_percent = self.mirror_percent

@@ -34,6 +34,7 @@ FIELDS = [
     "idle_timeout", "max_head_size", "header_timeout", "max_connections", "mirror_key",
     "secondary", "diff", "upstream_ca", "upstream_cert", "upstream_key", "upstream_insecure",
     "tls_cert", "tls_key", "tls_client_ca", "tls_handshake_timeout",
+    "route", "shadow_set_header", "shadow_remove_header", "mirror_max_rps", "mirror_for",
 ]  # fmt: skip
 DIFF_FIELDS = [
     "enabled", "headers", "ignore", "array_as_set", "templates", "max_body", "max_endpoints",

@@ -58,12 +58,25 @@ class RawPrimary:
         return f"127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
+        # accept() under the lock, once select says a connection waits: settle() holds the
+        # lock while it looks, so a connection is always either still in the listen queue
+        # (the socket is readable: _unread) or in self.conns, never between the two.
         while not self.stopped:
             try:
-                conn, _ = self.sock.accept()
-            except OSError:
+                ready = select.select([self.sock], [], [], 0.1)[0]
+            except (OSError, ValueError):
                 return
+            if not ready:
+                continue
             with self.lock:
+                try:
+                    self.sock.setblocking(False)
+                    conn, _ = self.sock.accept()
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                conn.setblocking(True)
                 index = len(self.conns)
                 self.conns.append(conn)
                 self.busy[index] = False
@@ -130,7 +143,7 @@ class RawPrimary:
         """Bytes in a socket buffer not read yet, or a connection not accepted yet. On
         loopback a write lands in the peer's buffer before the call returns, so what the
         proxy wrote before its answer to the client is here by the time that answer is."""
-        if select.select([self.sock], [], [], 0)[0]:
+        if select.select([self.sock], [], [], 0)[0] or self._in_flight():
             return True
         for i, conn in enumerate(self.conns):
             if conn.fileno() < 0:
@@ -140,6 +153,30 @@ class RawPrimary:
                     return True
             except OSError:
                 continue
+        return False
+
+    def _in_flight(self) -> bool:
+        """A TCP segment to or from this port not delivered yet, or a connect under way.
+
+        A loopback write is usually in the peer's buffer when it returns, but not on a
+        loaded machine, where the kernel may defer the delivery: the sender's socket then
+        still counts the bytes (tx_queue) in /proc/net/tcp. Not on Linux: never."""
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                cols = row.split()
+                if len(cols) < 5:
+                    continue
+                ports = {int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16)}
+                if self.port not in ports or cols[3] == "0A":  # another port; the listener
+                    continue
+                tx, rx = (int(n, 16) for n in cols[4].split(":"))
+                if tx or rx or cols[3] in ("02", "03"):  # queued bytes, SYN_SENT, SYN_RECV
+                    return True
         return False
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ def test_supervisor_runtime_before_its_workers_listen() -> None:
     assert status == 200 and orjson.loads(data)["mirror_percent"] == 25.0
     assert seen["mirror"] == (200, b'{"percent":25.0}\n')
     assert seen["put"] == seen["mirror after"] == (200, b'{"percent":12.5}\n')
-    assert sup.percent_override == 12.5  # a worker started from now on gets it
+    assert sup.mirror.percent == 12.5  # a worker started from now on gets it
     assert seen["ready"] == (503, b"draining")  # not every worker has listened yet
     status, data = seen["metrics"]
     assert status == 200 and b"fastmirror_downstream_requests_total 0.0\n" in data

@@ -196,6 +196,9 @@ def test_full_file(toml):
         "upstream_insecure": False,
         # issue 9: listener TLS, off
         "tls_cert": None, "tls_key": None, "tls_client_ca": None, "tls_handshake_timeout": 10.0,
+        # issue 10: routes and the mirror copy, none
+        "route": [], "shadow_set_header": {}, "shadow_remove_header": [], "mirror_max_rps": None,
+        "mirror_for": None,
     }
     assert isinstance(cfg.mirror_percent, float) and isinstance(cfg.shadow_timeout, float)
 
@@ -208,7 +211,7 @@ def test_flags_override_file(toml):
          "workers": "2", "max_mirror_body": "2k", "admin": "127.0.0.1:1", "log_level": "error"},
     )  # fmt: skip
     assert cfg.listen == Address("127.0.0.1", 9999)
-    assert cfg.shadow == (Address("1.2.3.4", 80),)  # replaced, not appended
+    assert [s.address for s in cfg.shadow] == [Address("1.2.3.4", 80)]  # replaced, not appended
     assert (cfg.mirror_percent, cfg.workers, cfg.max_mirror_body) == (50.0, 2, 2048)
     assert cfg.admin == Address("127.0.0.1", 1) and cfg.log_level == "error"
     assert cfg.primary == Address("10.0.0.5", 9000)  # from the file
@@ -225,7 +228,7 @@ def test_typed_overrides_accepted():
 
 def test_shadow_as_a_string(toml):
     cfg = load_config(toml('primary = "a:1"\nshadow = "b:2"\n'), {})
-    assert cfg.shadow == (Address("b", 2),) and cfg.mirror_percent == 100.0
+    assert [s.address for s in cfg.shadow] == [Address("b", 2)] and cfg.mirror_percent == 100.0
 
 
 def test_mirror_methods_all_and_comma_list():

@@ -17,6 +17,7 @@ import pytest
 
 from fastmirror.ops import control
 from fastmirror.ops.control import Ready, Reply, SupervisorEnd, WorkerSpec
+from fastmirror.proxy.router import MirrorState
 
 
 class FakeOps:
@@ -24,7 +25,7 @@ class FakeOps:
 
     def __init__(self, *, draining: bool = False) -> None:
         self.draining = draining
-        self.percents: list[float] = []
+        self.states: list[MirrorState] = []
         self.sheds: list[tuple[int, float]] = []
 
     def snapshot(self) -> dict[str, Any]:
@@ -33,10 +34,8 @@ class FakeOps:
     def diffs(self) -> dict[str, Any]:
         return {"upstreams": {"s": {}}}
 
-    def set_percent(self, percent: float) -> None:
-        if not 0 <= percent <= 100:
-            raise ValueError("mirror percent must be between 0 and 100")
-        self.percents.append(percent)
+    def set_mirror(self, state: MirrorState) -> None:
+        self.states.append(state)
 
     def shed(self, count: int, window: float) -> None:
         self.sheds.append((count, window))
@@ -60,25 +59,28 @@ def test_decode_rejects_what_is_not_json() -> None:
 def test_message_shapes() -> None:
     assert control.ask("diffs", 4) == {"op": "diffs", "id": 4}
     assert control.heartbeat() == {"op": "snapshot", "id": control.HEARTBEAT_ID} == {"op": "snapshot", "id": 0}
-    assert control.set_percent(12.5) == {"op": "percent", "value": 12.5}
+    assert control.set_mirror(MirrorState(12.5, (("search", 0.0),), 1e9)) == {
+        "op": "mirror", "state": {"percent": 12.5, "routes": {"search": 0.0}, "until": 1e9, "ended": False}}
     assert control.shed(3, 2.0) == {"op": "shed", "count": 3, "window": 2.0}
     assert control.ready(42) == {"op": "ready", "pid": 42}
 
 
-@pytest.mark.parametrize("percent", [None, 25.0])
-def test_worker_spec_round_trip(percent: float | None) -> None:
-    spec = WorkerSpec(2, 9, "/etc/fastmirror.toml", {"shadow": ["a:1"], "workers": "2"}, percent)
+@pytest.mark.parametrize("mirror", [None, MirrorState(25.0), MirrorState(5.0, (("a", 1.0),), 123.5, True)])
+def test_worker_spec_round_trip(mirror: MirrorState | None) -> None:
+    spec = WorkerSpec(2, 9, "/etc/fastmirror.toml", {"shadow": ["a:1"], "workers": "2"}, mirror)
     data = spec.encode()
     assert orjson.loads(data) == {"index": 2, "fd": 9, "config_path": "/etc/fastmirror.toml",
                                   "overrides": {"shadow": ["a:1"], "workers": "2"},
-                                  "mirror_percent": percent}
+                                  "mirror": mirror.to_dict() if mirror else None}
     assert WorkerSpec.decode(data) == spec
 
 
 def test_worker_spec_percent_given_as_an_int() -> None:
-    data = orjson.dumps({"index": 0, "fd": 3, "config_path": None, "overrides": {}, "mirror_percent": 5})
+    data = orjson.dumps({"index": 0, "fd": 3, "config_path": None, "overrides": {},
+                         "mirror": {"percent": 5, "routes": {"r": 1}}})
     spec = WorkerSpec.decode(data)
-    assert spec.mirror_percent == 5.0 and isinstance(spec.mirror_percent, float)
+    assert spec.mirror == MirrorState(5.0, (("r", 1.0),))
+    assert isinstance(spec.mirror.percent, float)
 
 
 # -- what each op does in a worker ---------------------------------------------------------
@@ -95,21 +97,23 @@ def test_ping_pong() -> None:
     assert control.answer({"op": "ping"}, FakeOps()) == {"op": "pong"}
 
 
-def test_percent_is_set_and_not_answered() -> None:
+def test_mirror_state_is_set_and_not_answered() -> None:
     ops = FakeOps()
-    assert control.answer({"op": "percent", "value": "12.5"}, ops) is None
-    assert control.answer({"op": "percent", "value": 7}, ops) is None
-    assert ops.percents == [12.5, 7.0]
+    assert control.answer({"op": "mirror", "state": {"percent": "12.5"}}, ops) is None
+    assert control.answer({"op": "mirror", "state": {"percent": 7, "routes": {"s": 0}, "until": 5}}, ops) is None
+    assert ops.states == [MirrorState(12.5), MirrorState(7.0, (("s", 0.0),), 5.0)]
 
 
-@pytest.mark.parametrize("msg", [{"op": "percent"}, {"op": "percent", "value": None},
-                                 {"op": "percent", "value": "x"}, {"op": "percent", "value": 101}])
-def test_bad_percent_is_logged(msg: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("msg", [{"op": "mirror"}, {"op": "mirror", "state": None},
+                                 {"op": "mirror", "state": {"percent": "x"}},
+                                 {"op": "mirror", "state": {"percent": 101}},
+                                 {"op": "mirror", "state": {"percent": 1, "routes": {"r": -1}}}])
+def test_bad_mirror_state_is_logged(msg: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     ops = FakeOps()
     with caplog.at_level(logging.ERROR, "fastmirror"):
         assert control.answer(msg, ops) is None
-    assert ops.percents == []
-    prefix = f"control: bad mirror percent {msg.get('value')!r}: "
+    assert ops.states == []
+    prefix = f"control: bad mirror state {msg.get('state')!r}: "
     assert [r.getMessage().startswith(prefix) for r in caplog.records] == [True]
 
 

@@ -50,7 +50,7 @@ def test_samples_by_name_and_labels_from_a_rendered_registry() -> None:
         ("shadow", "5xx"): 0.0, ("shadow", "error"): 0.0,
     }  # fmt: skip
     assert {s.labels["outcome"]: s.value for s in scrape.series(MIRROR)} == {
-        "sent": 7.0, "dropped": 2.0, "skipped": 0.0, "failed": 1.0}
+        "sent": 7.0, "dropped": 2.0, "skipped": 0.0, "failed": 1.0, "limited": 0.0}
     assert [(dict(s.labels), s.value) for s in scrape.series(QUEUE_DEPTH)] == [({"upstream": S}, 5.0)]
     assert scrape.series("fastmirror_info")[0].labels == {"version": "1.2.3", "core": "cython"}
 

@@ -9,9 +9,13 @@ GET, HEAD          /metrics                Prometheus text (``runtime.render_met
 GET, HEAD          /healthz                200 ``ok`` while the process runs
 GET, HEAD          /ready                  200 ``ready``, or 503 ``draining``
 GET, HEAD          /config                 the effective configuration as JSON
-GET, HEAD          /mirror                 ``{"percent": P}``
+GET, HEAD          /mirror                 ``{"percent": P}``, with ``"routes": {NAME: {"percent":
+                                           P}}`` when there are [[route]]s and ``"remaining_seconds"``
+                                           while a mirror_for / ?for= deadline runs
 PUT, POST          /mirror?percent=P       set P (0..100, or P%), or a JSON body ``{"percent": P}``;
-                                           answers ``{"percent": P}``; 400 ``{"error": ...}``
+                   [&route=NAME][&for=D]   one route's percent (404 naming the routes if unknown);
+                                           for=D: mirroring turns itself off in D ("off": never);
+                                           answers as GET; 400 ``{"error": ...}``
 GET, HEAD          /diffs                  the response-diff snapshot as JSON;
                                            ``?format=text`` or ``?format=html`` for people
 GET, HEAD          /report?max_p99_ratio=R fastmirror.diffing.report.build_report as JSON (200 for a
@@ -36,6 +40,7 @@ import inspect
 import logging
 import math
 import socket
+import time
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
@@ -44,7 +49,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import orjson
 
-from fastmirror.config import Config, percent_number
+from fastmirror.config import Config, ConfigError, parse_duration, percent_number
+from fastmirror.proxy.router import MirrorState
 
 __all__ = ["AdminProtocol", "AdminRuntime", "start_admin"]
 
@@ -91,14 +97,18 @@ class AdminRuntime(Protocol):
     def mirror_percent(self) -> float: ...
 
     @property
+    def mirror(self) -> MirrorState:
+        """The run-time mirror state: percents, per-route percents, the deadline."""
+
+    def set_mirror(self, state: MirrorState) -> MaybeAwaitable[None]:
+        """PUT /mirror: the new state, in every worker."""
+
+    @property
     def draining(self) -> bool:
         """/ready answers 503 while true."""
 
     def config_dict(self) -> MaybeAwaitable[JSONObject]:
         """/config: the effective configuration, mirror_percent as it is now."""
-
-    def set_mirror_percent(self, percent: float) -> MaybeAwaitable[None]:
-        """PUT /mirror (0 <= percent <= 100); a ValueError becomes a 400."""
 
     def render_metrics(self) -> MaybeAwaitable[bytes]:
         """/metrics: the Prometheus text exposition."""
@@ -158,14 +168,15 @@ class Handler:
             return (503, TEXT, b"draining", []) if rt.draining else (200, TEXT, b"ready", [])
         if path == "/config":
             return _json(await self._config())
+        now = time.time()
         if method in _GET:
-            return _json({"percent": rt.mirror_percent})
-        percent = _parse_percent(parts.query, body)
+            return _json(mirror_view(rt.mirror, rt.config, now))
+        state = mirror_put(rt.mirror, rt.config, parts.query, body, now)
         try:
-            await _call(rt.set_mirror_percent(percent))
+            await _call(rt.set_mirror(state))
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
-        return _json({"percent": rt.mirror_percent})
+        return _json(mirror_view(rt.mirror, rt.config, now))
 
     # Both real runtimes are whole AdminRuntimes. The test doubles of
     # tests/e2e/test_admin.py may leave out render_metrics (a .registry renders then),
@@ -219,6 +230,43 @@ def _one(args: dict[str, list[str]], key: str, default: str) -> str:
     if len(values) > 1:
         raise HTTPError(400, f"{key} given more than once")
     return values[0]
+
+
+def mirror_view(state: MirrorState, config: Config, now: float) -> JSONObject:
+    """GET /mirror: the top level's percent, each route's, the time left."""
+    view: JSONObject = {"percent": state.percent}
+    if config.route:
+        view["routes"] = {r.name: {"percent": state.route_percent(r.name, r.mirror_percent)}
+                          for r in config.route}
+    remaining = state.remaining(now)
+    if remaining is not None:
+        view["remaining_seconds"] = round(remaining, 3)
+    return view
+
+
+def mirror_put(state: MirrorState, config: Config, query: str, body: bytes, now: float) -> MirrorState:
+    """PUT /mirror's new state: ?percent=P (or a JSON body), &route=NAME, &for=D."""
+    args = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(args) - {"percent", "route", "for"})
+    if unknown:
+        raise HTTPError(400, f"unknown parameter {unknown[0]!r}: use percent, route and for")
+    route = _one(args, "route", "") or None
+    names = [r.name for r in config.route]
+    if route is not None and route not in names:
+        known = ", ".join(names) if names else "none (no [[route]] in the config)"
+        raise HTTPError(404, f"no route named {route!r}; the routes are: {known}")
+    duration = _one(args, "for", "")
+    if "percent" in args or body.strip() or not duration:
+        state = state.with_percent(_parse_percent(query, body), route)
+    if duration:
+        if duration.strip().lower() == "off":
+            return state.with_until(None)
+        try:
+            seconds = parse_duration(duration, "for")
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc)) from None
+        state = state.with_until(now + seconds)
+    return state
 
 
 def _parse_percent(query: str, body: bytes) -> float:

@@ -8,7 +8,8 @@ socket go JSON objects, one per line (orjson never writes a raw newline). Superv
 - ``{"op": "snapshot", "id": N}`` -> ``{"id": N, "snapshot": S}``, S its Registry.snapshot();
   id 0 is the heartbeat, whose reply is kept but awaited by no request;
 - ``{"op": "diffs", "id": N}`` -> ``{"id": N, "diffs": D}``, D its DiffStore snapshot;
-- ``{"op": "percent", "value": P}``: set the mirror percent (no reply);
+- ``{"op": "mirror", "state": M}``: set the run-time mirror state, M a
+  router.MirrorState.to_dict() (percents, per-route percents, deadline; no reply);
 - ``{"op": "shed", "count": K, "window": W}``: close K client connections over W seconds,
   to even out the workers after a restart (no reply; see rebalance.py);
 - ``{"op": "ping"}`` -> ``{"op": "pong"}``.
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import orjson
+
+from fastmirror.proxy.router import MirrorState
 
 log = logging.getLogger("fastmirror")
 
@@ -76,8 +79,8 @@ def heartbeat() -> Message:
     return ask("snapshot", HEARTBEAT_ID)
 
 
-def set_percent(percent: float) -> Message:
-    return {"op": "percent", "value": percent}
+def set_mirror(state: MirrorState) -> Message:
+    return {"op": "mirror", "state": state.to_dict()}
 
 
 def shed(count: int, window: float) -> Message:
@@ -96,18 +99,19 @@ class WorkerSpec:
     fd: int  # its end of the socketpair, passed with pass_fds
     config_path: str | None
     overrides: dict[str, object] = field(default_factory=dict)
-    mirror_percent: float | None = None  # PUT /mirror's value, to outlive a restart
+    mirror: MirrorState | None = None  # the supervisor's (PUT /mirror, mirror_for), to outlive a restart
 
     def encode(self) -> bytes:
         return orjson.dumps({"index": self.index, "fd": self.fd, "config_path": self.config_path,
-                             "overrides": self.overrides, "mirror_percent": self.mirror_percent})
+                             "overrides": self.overrides,
+                             "mirror": self.mirror.to_dict() if self.mirror is not None else None})
 
     @classmethod
     def decode(cls, data: bytes) -> WorkerSpec:
         d = orjson.loads(data)
-        percent = d.get("mirror_percent")
+        mirror = d.get("mirror")
         return cls(d["index"], d["fd"], d["config_path"], d["overrides"],
-                   float(percent) if percent is not None else None)
+                   MirrorState.from_dict(mirror) if mirror is not None else None)
 
 
 # -- the worker's end -----------------------------------------------------------------
@@ -123,7 +127,7 @@ class WorkerOps(Protocol):
 
     def diffs(self) -> Message: ...
 
-    def set_percent(self, percent: float) -> None: ...
+    def set_mirror(self, state: MirrorState) -> None: ...
 
     def shed(self, count: int, window: float) -> None: ...
 
@@ -136,11 +140,11 @@ def _answer_diffs(msg: Message, ops: WorkerOps) -> Message | None:
     return {"id": msg.get("id"), "diffs": ops.diffs()}
 
 
-def _answer_percent(msg: Message, ops: WorkerOps) -> Message | None:
-    try:  # a percent out of range is a ValueError of set_percent: logged the same way
-        ops.set_percent(float(msg["value"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        log.error("control: bad mirror percent %r: %s", msg.get("value"), exc)
+def _answer_mirror(msg: Message, ops: WorkerOps) -> Message | None:
+    try:
+        ops.set_mirror(MirrorState.from_dict(msg["state"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.error("control: bad mirror state %r: %s", msg.get("state"), exc)
     return None
 
 
@@ -163,7 +167,7 @@ def _answer_shed(msg: Message, ops: WorkerOps) -> Message | None:
 _WORKER_OPS: dict[str, Callable[[Message, WorkerOps], Message | None]] = {
     "snapshot": _answer_snapshot,
     "diffs": _answer_diffs,
-    "percent": _answer_percent,
+    "mirror": _answer_mirror,
     "ping": _answer_ping,
     "shed": _answer_shed,
 }

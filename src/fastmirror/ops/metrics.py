@@ -25,7 +25,8 @@ fastmirror_responses_total                  counter   role, upstream, code      
                                                                                       = no response (connect/timeout/reset)
 fastmirror_mirror_requests_total            counter   upstream, outcome               mirror copies by outcome: sent,
                                                                                       dropped (queue full), skipped (not
-                                                                                      mirrorable), failed (shadow error)
+                                                                                      mirrorable), failed (shadow error),
+                                                                                      limited (over max_rps)
 fastmirror_mirror_queue_depth               gauge     upstream                        requests waiting in the shadow queue
 fastmirror_downstream_requests_total        counter                                   client requests received
 fastmirror_downstream_errors_total          counter   code                            error responses the proxy itself sent
@@ -42,6 +43,8 @@ fastmirror_downstream_tls_handshake_errors_total counter                        
 fastmirror_access_log_dropped_total         counter                                   access-log records dropped (buffer
                                                                                       full)
 fastmirror_mirror_percent                   gauge                                     current mirror percentage (0..100)
+fastmirror_mirror_remaining_seconds         gauge                                     seconds until mirror_for turns
+                                                                                      mirroring off (only while one runs)
 fastmirror_diff_total                       counter   upstream, endpoint, result      compared response pairs by result:
                                                                                       match, mismatch, noise (from
                                                                                       ``Registry.diff_source``; endpoints
@@ -54,6 +57,7 @@ process_*                                   various                             
 from __future__ import annotations
 
 import itertools
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -101,7 +105,7 @@ _CODE_LABELS = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "error", "error", "e
 _ERROR = 10
 # Emitted at 0 so that rate() has a series to work on before the first occurrence.
 _ALWAYS_CODES = ("2xx", "3xx", "4xx", "5xx", "error")
-OUTCOMES = ("sent", "dropped", "skipped", "failed")
+OUTCOMES = ("sent", "dropped", "skipped", "failed", "limited")
 # The statuses the proxy itself produces (CONTRACT.md "What goes where").
 DOWNSTREAM_ERROR_CODES = (400, 413, 431, 501, 502, 504)
 
@@ -147,7 +151,7 @@ class MirrorStats:
     returning it (read at scrape time only).
     """
 
-    __slots__ = ("upstream", "sent", "dropped", "skipped", "failed", "depth")
+    __slots__ = ("upstream", "sent", "dropped", "skipped", "failed", "limited", "depth")
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -155,6 +159,7 @@ class MirrorStats:
         self.dropped = 0
         self.skipped = 0
         self.failed = 0
+        self.limited = 0  # over the shadow's max_rps (mirror_max_rps): not sent
         self.depth: int | Callable[[], int] = 0
 
     def current_depth(self) -> int:
@@ -186,6 +191,7 @@ class Registry:
         self.tls_handshake_errors = 0
         self.access_log_dropped = 0
         self.mirror_percent = 0.0
+        self.mirror_until: float | None = None  # time.time() when mirror_for ends it
         self.version = version
         self.core = core
         self.on_collect: list[Callable[[Registry], None]] = []
@@ -230,6 +236,7 @@ class Registry:
             "core": self._core(),
             "buckets": list(BUCKETS),
             "mirror_percent": float(self.mirror_percent),
+            "mirror_remaining": self._remaining(),
             "downstream_requests": self.downstream_requests,
             "downstream_errors": {str(k): v for k, v in self.downstream_errors.items()},
             "connections_active": self.connections_active,
@@ -256,6 +263,10 @@ class Registry:
                 counts[key] = counts.get(key, 0) + n
         return counts
 
+    def _remaining(self) -> float | None:
+        until = self.mirror_until
+        return None if until is None else max(0.0, until - time.time())
+
     @classmethod
     def merge(cls, snapshots: Iterable[Mapping[str, Any]], *, process: bool = True) -> Registry:
         """A new Registry holding the sum of ``snapshots`` (workers' ``snapshot()``).
@@ -279,6 +290,10 @@ class Registry:
             self.version = snap.get("version")
             self.core = snap.get("core")
         self.mirror_percent = max(self.mirror_percent, float(snap.get("mirror_percent", 0.0)))
+        remaining = snap.get("mirror_remaining")
+        if remaining is not None:  # one deadline for every worker: the latest view of it
+            mine = self._remaining()
+            self.mirror_until = time.time() + max(float(remaining), mine or 0.0)
         self.downstream_requests += snap.get("downstream_requests", 0)
         for code, n in snap.get("downstream_errors", {}).items():
             self.downstream_errors[int(code)] = self.downstream_errors.get(int(code), 0) + n
@@ -330,7 +345,7 @@ SNAPSHOT_META = ("version", "core", "buckets")
 SNAPSHOT_COUNTERS = ("downstream_requests", "downstream_errors", "access_log_dropped",
                      "upstreams", "diffs", "connections_rejected", "accept_paused",
                      "tls_handshake_errors")
-SNAPSHOT_GAUGES = ("connections_active", "mirror_percent")
+SNAPSHOT_GAUGES = ("connections_active", "mirror_percent", "mirror_remaining")
 SNAPSHOT_MIXED = ("mirrors",)  # outcome counters, and the gauge "depth"
 
 
@@ -340,7 +355,7 @@ def without_gauges(snap: Mapping[str, Any]) -> dict[str, Any]:
     Its requests were served and stay counted; its open connections and queued
     copies are gone with it.
     """
-    return dict(snap, connections_active=0, mirror_percent=0.0,
+    return dict(snap, connections_active=0, mirror_percent=0.0, mirror_remaining=None,
                 mirrors=[dict(m, depth=0) for m in snap.get("mirrors", ())])
 
 
@@ -501,6 +516,10 @@ def _process_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         value=snap["access_log_dropped"],
     )
     yield GaugeMetricFamily("fastmirror_mirror_percent", "Current mirror percentage.", value=snap["mirror_percent"])
+    if snap.get("mirror_remaining") is not None:  # only while a mirror_for deadline runs
+        yield GaugeMetricFamily("fastmirror_mirror_remaining_seconds",
+                                "Seconds until mirroring turns itself off (mirror_for).",
+                                value=snap["mirror_remaining"])
     if snap.get("diffs"):
         diffs = CounterMetricFamily(
             "fastmirror_diff_total",

@@ -43,6 +43,7 @@ from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
 from fastmirror.proxy.upstream_tls import warn_if_insecure
 from fastmirror.proxy.listener import bind_listener
+from fastmirror.proxy.router import MirrorState, start_state
 
 log = logging.getLogger("fastmirror")
 
@@ -131,14 +132,14 @@ class Child:
 
     @classmethod
     async def start(cls, index: int, config_path: str | None, overrides: dict[str, object],
-                    mirror_percent: float | None) -> Child:
+                    mirror: MirrorState | None) -> Child:
         """Start worker index: `python -m fastmirror.ops.supervisor`, its WorkerSpec on stdin.
 
         Raises:
             OSError: the process could not be started.
         """
         ours, theirs = socket.socketpair()
-        spec = WorkerSpec(index, theirs.fileno(), config_path, overrides, mirror_percent)
+        spec = WorkerSpec(index, theirs.fileno(), config_path, overrides, mirror)
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         try:  # fork+exec takes ~1 ms of the loop, only at start and restart
@@ -191,14 +192,16 @@ class SupervisorRuntime:
 
     @property
     def mirror_percent(self) -> float:
-        sup = self.sup
-        return sup.config.mirror_percent if sup.percent_override is None else sup.percent_override
+        return self.sup.mirror.percent
 
-    def set_mirror_percent(self, percent: float) -> None:
-        """Every worker, now and after a restart (until SIGHUP reloads the file's value)."""
-        self.sup.percent_override = percent
-        for child in self.sup.children.values():
-            child.channel.send(control.set_percent(percent))
+    @property
+    def mirror(self) -> MirrorState:
+        self.sup.expire_mirror()  # between heartbeats too: /mirror never shows a passed deadline
+        return self.sup.mirror
+
+    def set_mirror(self, state: MirrorState) -> None:
+        """Every worker, now and after a restart (until SIGHUP reloads the file's values)."""
+        self.sup.set_mirror(state)
 
     @property
     def draining(self) -> bool:
@@ -239,7 +242,9 @@ class Supervisor:
         self.overrides = overrides
         self.n = n
         self.children: dict[int, Child] = {}
-        self.percent_override: float | None = None  # set by PUT /mirror, reset by SIGHUP
+        # The run-time mirror state every worker has (PUT /mirror, mirror_for); a SIGHUP
+        # starts it again from the file (router.start_state).
+        self.mirror = start_state(config, time.time())
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -325,8 +330,8 @@ class Supervisor:
                 if config.effective_workers != self.n:
                     log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
                                 self.n)
-                self.config = config
-                self.percent_override = None  # the file's percent wins, as with one worker
+                self.mirror = start_state(config, time.time(), self.mirror, self.config)
+                self.config = config  # the file's percents win, as with one worker
             for child in self.children.values():
                 if child.ready:
                     child.kill(signal.SIGHUP)
@@ -373,7 +378,7 @@ class Supervisor:
                 pass
 
     async def _spawn(self, index: int) -> Child:
-        child = await Child.start(index, self.config_path, self.overrides, self.percent_override)
+        child = await Child.start(index, self.config_path, self.overrides, self.mirror)
         self.children[index] = child
         if self.draining:
             child.kill(signal.SIGTERM)
@@ -447,9 +452,22 @@ class Supervisor:
                         child.channel.send(control.shed(shed, REBALANCE_WINDOW))
             await asyncio.sleep(REBALANCE_WINDOW + REBALANCE_SETTLE)
 
+    def set_mirror(self, state: MirrorState) -> None:
+        self.mirror = state
+        for child in self.children.values():
+            child.channel.send(control.set_mirror(state))
+
+    def expire_mirror(self) -> None:
+        """mirror_for is over: off in every worker (each also turns itself off)."""
+        if self.mirror.due(time.time()):
+            self.set_mirror(self.mirror.expired([r.name for r in self.config.route]))
+            log.warning("mirroring turned itself off: the mirror_for deadline passed "
+                        "(PUT /mirror?percent=P turns it back on)")
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT)
+            self.expire_mirror()
             now = time.monotonic()
             for child in list(self.children.values()):
                 if not child.ready or not child.alive:
@@ -515,8 +533,8 @@ def worker_main() -> int:
 
     worker = Worker(config, spec.config_path, spec.overrides, listen_sock=sock, admin=False,
                     notify=False, control=channel)
-    if spec.mirror_percent is not None:
-        worker.runtime.set_mirror_percent(spec.mirror_percent)
+    if spec.mirror is not None:
+        worker.runtime.set_mirror(spec.mirror)
     return uvloop.run(worker.run())
 
 

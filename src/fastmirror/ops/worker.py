@@ -27,6 +27,7 @@ from fastmirror.ops.logs import AccessLog
 from fastmirror.ops.metrics import Registry
 from fastmirror.ops.rebalance import Shedder
 from fastmirror.proxy.context import ProxyContext, Settings
+from fastmirror.proxy.router import MirrorState, start_state
 from fastmirror.proxy.downstream import DownstreamProtocol
 from fastmirror.proxy.listener import Acceptor, bind_listener
 from fastmirror.proxy.tls import ListenerTLS
@@ -39,10 +40,8 @@ SWEEP_INTERVAL = 0.25  # timeouts are enforced to within this
 class Runtime:
     """What the admin endpoint reads and sets in this process (admin.AdminRuntime)."""
 
-    def __init__(self, ctx: ProxyContext, on_percent: Callable[[float], None] | None = None,
-                 diffs: Diffing | None = None):
+    def __init__(self, ctx: ProxyContext, diffs: Diffing | None = None):
         self.ctx = ctx
-        self._on_percent = on_percent
         self._diffs = diffs
 
     def diffs_snapshot(self) -> dict[str, Any]:
@@ -61,11 +60,15 @@ class Runtime:
     def mirror_percent(self) -> float:
         return self.ctx.settings.mirror_percent
 
+    @property
+    def mirror(self) -> MirrorState:
+        return self.ctx.settings.mirror
+
+    def set_mirror(self, state: MirrorState) -> None:
+        self.ctx.set_mirror(state)
+
     def set_mirror_percent(self, percent: float) -> None:
-        self.ctx.settings.set_mirror_percent(percent)
-        self.ctx.registry.mirror_percent = percent
-        if self._on_percent is not None:
-            self._on_percent(percent)
+        self.set_mirror(self.mirror.with_percent(percent))
 
     @property
     def draining(self) -> bool:
@@ -92,8 +95,8 @@ class WorkerControl:
     def diffs(self) -> dict[str, Any]:
         return self.runtime.diffs_snapshot()
 
-    def set_percent(self, percent: float) -> None:
-        self.runtime.set_mirror_percent(percent)
+    def set_mirror(self, state: MirrorState) -> None:
+        self.runtime.set_mirror(state)
 
     def shed(self, count: int, window: float) -> None:
         """Rebalancing: close some client connections over a window (rebalance.Shedder)."""
@@ -227,8 +230,14 @@ class Worker:
                 log.exception("sweep failed")
 
     def _sweep(self, now: float) -> None:
-        """Enforce every timeout: connections, pools, shadows, pending diffs."""
+        """Enforce every timeout: connections, pools, shadows, pending diffs, mirror_for."""
         ctx = self.ctx
+        mirror = ctx.settings.mirror
+        if mirror.due(time.time()):
+            ctx.set_mirror(mirror.expired([r.name for r in ctx.settings.config.route]))
+            if self.control is None:  # with workers, the supervisor says it, once
+                log.warning("mirroring turned itself off: the mirror_for deadline passed "
+                            "(PUT /mirror?percent=P turns it back on)")
         for conn in list(ctx.connections):
             conn.sweep(now)
         if self.shedder.due:
@@ -278,15 +287,16 @@ class Worker:
         if config.listen != old.config.listen:
             log.warning("SIGHUP: listen address changes need a restart; keeping %s",
                         old.config.listen)
+        mirror = start_state(config, time.time(), old.mirror, old.config)
         try:   # the TLS files are loaded here: a bad one keeps the old settings too
-            new = Settings(config, self.registry, config.mirror_percent, previous=old,
+            new = Settings(config, self.registry, mirror, previous=old,
                            comparator=self.diffs.comparator_for(config))
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
             return
         new.access_log = old.access_log
         self.ctx.settings = new
-        self.registry.mirror_percent = config.mirror_percent
+        self.ctx.set_mirror(mirror)
         if self.ctx.acceptor is not None:  # a raised --max-connections takes the waiting ones now
             self.ctx.acceptor.fit(len(self.ctx.connections), new.max_connections)
         self._open_access_log(config, old.config.access_log)

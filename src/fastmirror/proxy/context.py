@@ -9,13 +9,15 @@ exactly the settings a new one would have.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
-from fastmirror.config import Address, Config
+from fastmirror.config import Address, Config, Route, shadow_edits
 from fastmirror.ops.metrics import Registry
-from fastmirror.proxy.mirror import RequestIds
+from fastmirror.proxy.mirror import HeadEdit, RequestIds
 from fastmirror.proxy.pool import UpstreamPool
-from fastmirror.proxy.router import MirrorPolicy
+from fastmirror.proxy.router import (OFF_POLICY, MirrorPolicy, MirrorState, RouteTable, route_path,
+                                    start_state)
 from fastmirror.proxy.shadow import ShadowTarget
 from fastmirror.proxy.upstream_tls import ResumingContext, client_context
 
@@ -49,10 +51,23 @@ class ClientConnection(Protocol):
     def drop(self) -> None: ...
 
 
+class RoutePlan:
+    """One route as requests use it (a [[route]], or the top level for no match): its
+    name for the access log, its mirror policy, and the targets its copies go to."""
+
+    __slots__ = ("name", "route", "policy", "shadows")
+
+    def __init__(self, route: Route | None, shadows: list[ShadowTarget]) -> None:
+        self.name = route.name if route is not None else None
+        self.route = route
+        self.shadows = shadows
+        self.policy = OFF_POLICY  # Settings.set_mirror sets the real one
+
+
 class Settings:
     """What requests read from the config, built once per load, never per request."""
 
-    def __init__(self, config: Config, registry: Registry, mirror_percent: float,
+    def __init__(self, config: Config, registry: Registry, mirror: MirrorState | float,
                  previous: Settings | None = None, comparator: Comparator | None = None) -> None:
         self.config = config
         # comparator.Comparator when diffing is on: mirrored requests get compared.
@@ -75,25 +90,78 @@ class Settings:
             return _shadow_target(role, addr, config, registry, capture_limit,
                                   kept.pop((role, str(addr)), None), tls)
 
-        self.shadows = [target("shadow", addr) for addr in config.shadow]
+        self.shadows = [target("shadow", spec.address) for spec in config.shadow]
         self.secondary: ShadowTarget | None = None
         if comparator is not None and config.secondary is not None:
             self.secondary = target("secondary", config.secondary)
+        _edit_copies(config, self.shadows, self.secondary)
+        for spec, shadow in zip(config.shadow, self.shadows):
+            shadow.limit_rate(spec.max_rps if spec.max_rps is not None else config.mirror_max_rps)
+        # Routes (issue 10): the top level is the plan of requests that match none.
+        by_name = {spec.name: shadow for spec, shadow in zip(config.shadow, self.shadows)}
+        self.default = RoutePlan(None, self.shadows)
+        self.routes = [RoutePlan(r, self.shadows if r.shadow is None else [by_name[n] for n in r.shadow])
+                       for r in config.route]
+        self.route_table = RouteTable(
+            [route_path(r.prefix.encode()) for r in config.route],
+            [None if r.methods is None else frozenset(m.encode() for m in r.methods)
+             for r in config.route]) if config.route else None
         # Targets the new config no longer has: the worker closes them (their queued
         # copies are counted dropped) and sweeps them until their exchanges end.
         self.retired = list(kept.values())
         self.access_log: AccessLog | None = None
-        self.set_mirror_percent(mirror_percent)
+        self.set_mirror(mirror if isinstance(mirror, MirrorState) else MirrorState(mirror))
 
     def targets(self) -> list[ShadowTarget]:
         """Every live mirror target: the shadows, then the secondary if any."""
         return self.shadows + ([self.secondary] if self.secondary is not None else [])
 
-    def set_mirror_percent(self, percent: float) -> None:
+    def set_mirror(self, state: MirrorState) -> None:
+        """The run-time percents (PUT /mirror, mirror_for): every route's policy anew."""
         c = self.config
-        self.mirror_percent = percent
-        self.policy = MirrorPolicy.build(percent, c.mirror_methods, c.mirror_key,
-                                         c.max_mirror_body, bool(self.shadows))
+        self.mirror = state
+        self.mirror_percent = state.percent
+        for plan in [self.default, *self.routes]:
+            r = plan.route
+            percent = state.percent if r is None else state.route_percent(r.name, r.mirror_percent)
+            methods = c.mirror_methods if r is None or r.mirror_methods is None else r.mirror_methods
+            key = c.mirror_key if r is None or r.mirror_key is None else r.mirror_key
+            plan.policy = MirrorPolicy.build(percent, methods, key, c.max_mirror_body, bool(plan.shadows))
+        self.policy = self.default.policy
+
+    def set_mirror_percent(self, percent: float) -> None:
+        """The top level's percent (PUT /mirror?percent=P); routes keep theirs."""
+        self.set_mirror(self.mirror.with_percent(percent))
+
+    def plan_for(self, target: bytes, method: bytes) -> RoutePlan:
+        """The first route that takes the request, or the top level's plan."""
+        table = self.route_table
+        if table is None:
+            return self.default
+        i = table.match(target, method)
+        return self.default if i < 0 else self.routes[i]
+
+
+def _edit_copies(config: Config, shadows: list[ShadowTarget], secondary: ShadowTarget | None) -> None:
+    """Each target's header edits (issue 10); targets with the same edits share one
+    HeadEdit, so a copy is built once per distinct edit. The secondary (noise
+    cancellation) gets the top level's edits: it must see what the shadows see."""
+    made: dict[tuple[object, ...], HeadEdit] = {}
+
+    def edit(removed: tuple[str, ...], sets: tuple[tuple[str, str], ...]) -> HeadEdit | None:
+        if not removed and not sets:
+            return None
+        key = (removed, sets)
+        if key not in made:
+            made[key] = HeadEdit(removed, sets)
+        return made[key]
+
+    for spec, shadow in zip(config.shadow, shadows):
+        shadow.edit = edit(*shadow_edits(config, spec))
+    if secondary is not None:
+        secondary.edit = edit(tuple(dict.fromkeys(
+            [*config.shadow_remove_header, *(n for n, _ in config.shadow_set_header)])),
+            config.shadow_set_header)
 
 
 def _primary_pool(config: Config, old: UpstreamPool | None,
@@ -128,13 +196,20 @@ class ProxyContext:
 
     def __init__(self, config: Config, registry: Registry, comparator: Comparator | None = None) -> None:
         self.registry = registry
-        self.settings = Settings(config, registry, config.mirror_percent, comparator=comparator)
+        mirror = start_state(config, time.time())
+        self.settings = Settings(config, registry, mirror, comparator=comparator)
         self.connections: set[ClientConnection] = set()
         self.handshakes = 0  # TLS connections not handed to a DownstreamProtocol yet (tls.py)
         self.acceptor: Acceptor | None = None  # set once listening; pauses at max_connections
         self.ids = RequestIds()
         self.draining = False
-        registry.mirror_percent = config.mirror_percent
+        self.set_mirror(mirror)
+
+    def set_mirror(self, state: MirrorState) -> None:
+        """The run-time mirror state (PUT /mirror, mirror_for, a reload), and its gauges."""
+        self.settings.set_mirror(state)
+        self.registry.mirror_percent = state.percent
+        self.registry.mirror_until = state.until
 
     def admit(self, conn: ClientConnection) -> bool:
         """A connection was accepted: count it; False when it is over --max-connections

@@ -215,8 +215,11 @@ class DownstreamProtocol(asyncio.Protocol):
             except HttpError as exc:
                 self.abort(exc.status, exc.reason, "bad-request")
                 return
-        if self.client_eof and self.exchange is None:
-            self._close()  # the client is done sending and no complete request is left
+        ex = self.exchange
+        if self.client_eof and (ex is None or ex.body is not None):
+            # The client is done sending: no complete request is left, or the one just
+            # started has a body that can never arrive (as eof_received decides).
+            self._close()
 
     def client_gone(self) -> bool:
         """The client half-closed and no further request is buffered to answer."""
@@ -318,4 +321,5 @@ def access_record(ex: PrimaryExchange | None, peer: tuple[str, int] | None, stat
         "mirror": ex.mirror if ex is not None else "none",
         # the primary this request used, whatever a reload changed since
         "upstream": ex.settings.primary_pool.address if ex is not None else primary,
+        "route": ex.plan.name if ex is not None else None,  # the [[route]] it took (issue 10)
     }

@@ -61,7 +61,7 @@ class PrimaryExchange:
 
     __slots__ = ("client", "head", "settings", "seq", "started", "keep_alive", "body",
                  "framer", "upstream", "pending", "pending_size", "response_started",
-                 "bytes_out", "reused", "retried", "mirror_reason", "request_id", "tee")
+                 "bytes_out", "reused", "retried", "mirror_reason", "request_id", "tee", "plan")
 
     def __init__(self, client: Client, ctx: ProxyContext, head: RequestHead, seq: int,
                  keep_alive: bool) -> None:
@@ -83,13 +83,15 @@ class PrimaryExchange:
         self.reused = False
         self.retried = False
         self.tee: MirrorTee | None = None
-        reason = mirror_decision(s.policy, head)
+        # The route (issue 10): with no [[route]], the top level's plan, without a call.
+        plan = self.plan = s.default if s.route_table is None else s.plan_for(head.target, head.method)
+        reason = mirror_decision(plan.policy, head)
         self.request_id = ctx.ids.new() if reason == SENT or s.access_log is not None else ""
         self.mirror_reason = reason
         if reason == SENT:
-            self.tee = MirrorTee(s, head, self.request_id)
+            self.tee = MirrorTee(s, head, self.request_id, plan.shadows)
         elif reason == BODY_TOO_LARGE:
-            count_skipped(s)
+            count_skipped(plan.shadows)
 
     @property
     def mirror(self) -> str:

@@ -51,10 +51,64 @@ class MirrorJob:
         self.diff = diff  # comparator.Pending when the responses are to be compared
 
 
-def shadow_request_head(forward_head: bytes, host_suffix: bytes, request_id: str) -> bytes:
-    """The primary's head with Host `name-shadow[:port]` and the marker headers."""
+def shadow_request_head(forward_head: bytes, host_suffix: bytes, request_id: str,
+                        edit: HeadEdit | None = None) -> bytes:
+    """The primary's head with Host `name-shadow[:port]` and the marker headers;
+    with edit, its headers removed first and its headers set before the markers."""
     extra = SHADOW_MARKER + request_id.encode() + b"\r\n"
+    if edit is not None:
+        forward_head = edit.strip(forward_head)
+        extra = edit.added + extra
     return shadow_head(forward_head, host_suffix, extra)
+
+
+class HeadEdit:
+    """What one shadow's copies lose and gain (shadow_set_header, shadow_remove_header).
+
+    Removal takes every line of a name, in any case and with "_" read as "-" (as CGI
+    back ends read it), so `Cookie`, `COOKIE` and `cookie_` all go. Set headers go in
+    after removal, before the markers; config.py refuses names that frame the request.
+    """
+
+    __slots__ = ("removed", "added")
+
+    def __init__(self, removed: tuple[str, ...], added: tuple[tuple[str, str], ...]) -> None:
+        self.removed = frozenset(n.lower().replace("_", "-").encode() for n in removed)
+        self.added = b"".join(f"{n}: {v}\r\n".encode() for n, v in added)
+
+    def strip(self, head: bytes) -> bytes:
+        """head (a validated request head, CRLF lines) without the removed headers."""
+        if not self.removed:
+            return head
+        lines = head.split(b"\r\n")
+        kept = [lines[0]]
+        removed = self.removed
+        for line in lines[1:]:
+            name = line.partition(b":")[0]
+            if line and name.lower().replace(b"_", b"-") in removed:
+                continue
+            kept.append(line)
+        return b"\r\n".join(kept)
+
+
+class RateLimit:
+    """A token bucket: at most `rate` copies a second, bursts up to one second's worth."""
+
+    __slots__ = ("rate", "tokens", "stamp")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
 
 class Capture:

@@ -10,9 +10,13 @@ idea, with the key made explicit).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastmirror.hotpath import key_hash, percent_to_ppm, random_u64, sample
 from fastmirror.proxy.codec import RequestHead
+
+if TYPE_CHECKING:
+    from fastmirror.config import Config
 
 # Why a request was not mirrored (access log `mirror` field).
 SENT = "sent"
@@ -41,6 +45,9 @@ class MirrorPolicy:
         return cls(percent_to_ppm(percent), method_set, key, max_body, has_shadows)
 
 
+OFF_POLICY = MirrorPolicy(0, None, None, 0, False)
+
+
 def mirror_decision(policy: MirrorPolicy, head: RequestHead) -> str:
     """Return SENT when the request is to be mirrored, else the reason it is not."""
     if not policy.has_shadows or policy.ppm == 0:
@@ -60,3 +67,157 @@ def mirror_decision(policy: MirrorPolicy, head: RequestHead) -> str:
     if head.content_length > policy.max_body:
         return BODY_TOO_LARGE
     return SENT
+
+
+# -- routes (issue 10) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorState:
+    """The mirror settings that change at run time (PUT /mirror, mirror_for), for every worker.
+
+    percent: the top level's, for requests no route takes and routes without their own.
+    routes: (route name, percent) set by PUT /mirror?route=NAME, over the route's own.
+    until: time.time() when mirroring turns itself off (mirror_for, ?for=); None: never.
+    ended: it did (every percent 0); a reload keeps it off unless mirror_for changes.
+    """
+
+    percent: float
+    routes: tuple[tuple[str, float], ...] = ()
+    until: float | None = None
+    ended: bool = False
+
+    def route_percent(self, name: str, configured: float | None) -> float:
+        """A route's percent now: PUT's, else the route's own, else the top level's."""
+        for route, percent in self.routes:
+            if route == name:
+                return percent
+        return self.percent if configured is None else configured
+
+    def with_percent(self, percent: float, route: str | None = None) -> MirrorState:
+        if route is None:
+            return MirrorState(percent, self.routes, self.until)
+        routes = tuple((r, p) for r, p in self.routes if r != route) + ((route, percent),)
+        return MirrorState(self.percent, routes, self.until)
+
+    def with_until(self, until: float | None) -> MirrorState:
+        return MirrorState(self.percent, self.routes, until)
+
+    def due(self, now: float) -> bool:
+        return self.until is not None and now >= self.until
+
+    def expired(self, route_names: list[str]) -> MirrorState:
+        """mirror_for is over: every percent 0 (a PUT turns each back on)."""
+        return MirrorState(0.0, tuple((name, 0.0) for name in route_names), None, ended=True)
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.until is None else max(0.0, self.until - now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"percent": self.percent, "routes": dict(self.routes), "until": self.until,
+                "ended": self.ended}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MirrorState:
+        """Raises ValueError (or KeyError, TypeError) for a malformed state."""
+        until = d.get("until")
+        state = cls(_percent(d["percent"]),
+                    tuple((str(k), _percent(v)) for k, v in (d.get("routes") or {}).items()),
+                    None if until is None else float(until), bool(d.get("ended", False)))
+        return state
+
+
+def _percent(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a percent: {value!r}")
+    p = float(value)
+    if not 0.0 <= p <= 100.0:  # NaN fails too
+        raise ValueError(f"mirror percent must be between 0 and 100, not {value!r}")
+    return p
+
+
+def start_state(config: Config, now: float, old: MirrorState | None = None,
+                old_config: Config | None = None) -> MirrorState:
+    """The run-time state a config load starts from: the file's percents; the mirror_for
+    clock starts now, or goes on (a reload that keeps mirror_for keeps its deadline, and
+    keeps mirroring off if it has ended)."""
+    if old is not None and old_config is not None and old_config.mirror_for == config.mirror_for:
+        if old.ended:
+            return old.expired([r.name for r in config.route])
+        return MirrorState(config.mirror_percent, (), old.until)
+    until = None if config.mirror_for is None else now + config.mirror_for
+    return MirrorState(config.mirror_percent, (), until)
+
+
+def route_path(target: bytes) -> bytes:
+    """The path a route's prefix is matched against: the target's path, normalised.
+
+    As nginx normalises a URI before matching locations: %XX decoded, "." and ".."
+    segments resolved, runs of "/" merged. Without it `/api/../payments` or
+    `/pay%6Dents` would dodge a `/payments` route with `shadow = []`, and the primary
+    would read them as /payments. Only the match uses it; the bytes sent are unchanged.
+    """
+    if target[:1] != b"/":  # absolute-form (http://host/path) or "*"
+        at = target.find(b"://")
+        if at < 0:
+            return target
+        slash = target.find(b"/", at + 3)
+        target = target[slash:] if slash >= 0 else b"/"
+    end = len(target)
+    for stop in (b"?", b"#"):
+        at = target.find(stop)
+        if 0 <= at < end:
+            end = at
+    path = target[:end]
+    if b"%" not in path and b"/." not in path and b"//" not in path:
+        return path
+    return _normalise(path)
+
+
+def _normalise(path: bytes) -> bytes:
+    decoded = bytearray()
+    i = 0
+    while i < len(path):
+        c = path[i]
+        if c == 0x25 and i + 2 < len(path) and _is_hex(path[i + 1:i + 3]):
+            decoded.append(int(path[i + 1:i + 3], 16))
+            i += 3
+        else:
+            decoded.append(c)
+            i += 1
+    out: list[bytes] = []
+    for segment in bytes(decoded).split(b"/"):
+        if segment in (b"", b"."):
+            continue
+        if segment == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    trailing = decoded.endswith(b"/") or decoded.endswith(b"/.") or decoded.endswith(b"/..")
+    return b"/" + b"/".join(out) + (b"/" if trailing and out else b"")
+
+
+def _is_hex(two: bytes) -> bool:
+    return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
+
+
+class RouteTable:
+    """The [[route]] list compiled for the first-match scan of every request."""
+
+    __slots__ = ("prefixes", "methods")
+
+    def __init__(self, prefixes: list[bytes], methods: list[frozenset[bytes] | None]) -> None:
+        self.prefixes = tuple(prefixes)
+        self.methods = tuple(methods)
+
+    def match(self, target: bytes, method: bytes) -> int:
+        """The index of the first route whose prefix and methods take the request; -1: none."""
+        path = route_path(target)
+        methods = self.methods
+        for i, prefix in enumerate(self.prefixes):
+            if path.startswith(prefix):
+                allowed = methods[i]
+                if allowed is None or method in allowed:
+                    return i
+        return -1

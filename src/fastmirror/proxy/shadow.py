@@ -13,7 +13,7 @@ import time
 
 from fastmirror.ops.metrics import MirrorStats, UpstreamStats
 from fastmirror.proxy.codec import ResponseError, ResponseFramer
-from fastmirror.proxy.mirror import Capture, MirrorJob, MirrorQueue
+from fastmirror.proxy.mirror import Capture, HeadEdit, MirrorJob, MirrorQueue, RateLimit
 from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
 from fastmirror.proxy.rules import retry_on_new_connection, retry_safe
 from fastmirror.proxy.upstream_tls import ResumingContext
@@ -49,6 +49,8 @@ class ShadowTarget:
         self.concurrency = 0
         self.timeout = 0.0
         self.capture_limit = 0
+        self.edit: HeadEdit | None = None   # what its copies lose and gain (Settings)
+        self.rate: RateLimit | None = None  # max_rps (Settings.limit_rate)
 
     def configure(self, *, queue_size: int, concurrency: int, timeout: float,
                   connect_timeout: float, capture_limit: int,
@@ -62,12 +64,27 @@ class ShadowTarget:
         self.pool.connect_timeout = min(connect_timeout, timeout)
         self.pool.max_idle = concurrency
 
+    def limit_rate(self, max_rps: float | None) -> None:
+        """At most max_rps copies a second (None: no cap); a reload keeps the bucket's
+        tokens when the rate stays."""
+        if max_rps is None:
+            self.rate = None
+        elif self.rate is None or self.rate.rate != max_rps:
+            self.rate = RateLimit(max_rps, time.monotonic())
+
     def submit(self, job: MirrorJob) -> str:
         """Send now if a slot is free, else queue, else drop; return what happened.
 
-        Returns "sent" (started or queued), "dropped" (queue full) or "shadow-down"
-        (connects are failing: counted as failed without trying).
+        Returns "sent" (started or queued), "dropped" (queue full), "shadow-down"
+        (connects are failing: counted as failed without trying) or "limited" (over
+        max_rps: not sent).
         """
+        rate = self.rate
+        if rate is not None and not rate.take(time.monotonic()):
+            self.mirror_stats.limited += 1
+            if job.diff is not None:
+                job.diff.part_done(self.part_name, None, "limited")
+            return "limited"
         if self._down_until and time.monotonic() < self._down_until:
             self._discard(job, "shadow-down")
             return "shadow-down"

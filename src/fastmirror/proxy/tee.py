@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastmirror.proxy.codec import RequestHead
-from fastmirror.proxy.mirror import MirrorJob, shadow_request_head
+from fastmirror.proxy.mirror import HeadEdit, MirrorJob, shadow_request_head
 from fastmirror.proxy.router import BODY_TOO_LARGE, SENT
 from fastmirror.proxy.rules import mirror_outcome
 
@@ -20,18 +20,21 @@ if TYPE_CHECKING:
     from fastmirror.diffing.comparator import Pending
     from fastmirror.proxy.context import Settings
     from fastmirror.proxy.mirror import Capture
+    from fastmirror.proxy.shadow import ShadowTarget
 
 
 class MirrorTee:
     """The mirror copy of one request; `reason` is what the access log records."""
 
     __slots__ = ("settings", "head", "request_id", "data", "body", "skipped", "outcomes",
-                 "diff", "capture", "submitted")
+                 "diff", "capture", "submitted", "shadows")
 
-    def __init__(self, settings: Settings, head: RequestHead, request_id: str) -> None:
+    def __init__(self, settings: Settings, head: RequestHead, request_id: str,
+                 shadows: list[ShadowTarget]) -> None:
         self.settings = settings
         self.head = head
         self.request_id = request_id
+        self.shadows = shadows   # the route's (issue 10)
         self.skipped = False   # the body outgrew --max-mirror-body
         self.outcomes: list[str] = []   # what each shadow did with the copy
         self.data = shadow_request_head(head.forward, settings.host_suffix, request_id)
@@ -55,7 +58,7 @@ class MirrorTee:
         if len(body) + len(chunk) > self.settings.policy.max_body:
             self.body = None
             self.skipped = True
-            count_skipped(self.settings)
+            count_skipped(self.shadows)
             self.end_diff(BODY_TOO_LARGE)
         else:
             body += chunk
@@ -81,10 +84,30 @@ class MirrorTee:
         self.submitted = True
         s = self.settings
         outcomes = self.outcomes
-        for shadow in s.shadows:   # a loop, not a comprehension: one frame less per copy
-            outcomes.append(shadow.submit(job))
-        if job.diff is not None and s.secondary is not None:
-            s.secondary.submit(job)
+        edited: dict[HeadEdit, MirrorJob] | None = None
+        for shadow in self.shadows:   # a loop, not a comprehension: one frame less per copy
+            if shadow.edit is None:
+                outcomes.append(shadow.submit(job))
+            else:   # its own head (issue 10): built once per distinct edit
+                if edited is None:
+                    edited = {}
+                outcomes.append(shadow.submit(self._edited(job, shadow.edit, edited)))
+        secondary = s.secondary
+        if job.diff is not None and secondary is not None:
+            if secondary.edit is None:
+                secondary.submit(job)
+            else:
+                secondary.submit(self._edited(job, secondary.edit, edited or {}))
+
+    def _edited(self, job: MirrorJob, edit: HeadEdit, made: dict[HeadEdit, MirrorJob]) -> MirrorJob:
+        """The copy with edit's headers removed and set (same body, id and diff record)."""
+        found = made.get(edit)
+        if found is None:
+            data = shadow_request_head(self.head.forward, self.settings.host_suffix,
+                                       self.request_id, edit) + job.data[len(self.data):]  # + the body
+            found = made[edit] = MirrorJob(data, job.head_request, job.request_id, job.diff,
+                                           job.method, job.has_body)
+        return found
 
     def primary_answered(self) -> None:
         """The primary's response is complete: the comparator gets its copy."""
@@ -108,7 +131,7 @@ class MirrorTee:
             pending.abandon(reason)
 
 
-def count_skipped(settings: Settings) -> None:
+def count_skipped(shadows: list[ShadowTarget]) -> None:
     """A sampled request whose body is over --max-mirror-body: skipped, per shadow."""
-    for shadow in settings.shadows:
+    for shadow in shadows:
         shadow.mirror_stats.skipped += 1
