@@ -725,7 +725,8 @@ def _routes(tables: tuple[dict[str, Any], ...], shadows: tuple[Shadow, ...],
             methods=None if methods == ("ALL",) else methods,
             mirror_percent=get("mirror_percent", _FIELDS["mirror_percent"]) if "mirror_percent" in table else None,
             mirror_methods=get("mirror_methods", _FIELDS["mirror_methods"]) if "mirror_methods" in table else None,
-            shadow=None if refs is None else tuple(_shadow_named(name, ref, shadows, where) for ref in refs),
+            # a name and an address of one shadow are one shadow: it gets one copy
+            shadow=None if refs is None else _unique([_shadow_named(name, ref, shadows, where) for ref in refs]),
             mirror_key=get("mirror_key", _FIELDS["mirror_key"]) if "mirror_key" in table else None,
         ))  # fmt: skip
     return tuple(routes)
@@ -1164,4 +1165,18 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     `diff` as a nested dict of DiffConfig's fields."""
     d = {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["shadow_set_header"] = dict(cfg.shadow_set_header)  # as the TOML table is written
+    d["route"] = [route_settings(cfg, r) for r in cfg.route]
     return d
+
+
+def route_settings(cfg: Config, route: Route) -> dict[str, Any]:
+    """A route as it applies: what it matches, and its settings with the top level's
+    filled in where it has none (methods None: any method)."""
+    return {
+        "name": route.name, "prefix": route.prefix,
+        "methods": list(route.methods) if route.methods is not None else None,
+        "mirror_percent": cfg.mirror_percent if route.mirror_percent is None else route.mirror_percent,
+        "mirror_methods": list(route.mirror_methods or cfg.mirror_methods),
+        "shadow": [s.name for s in cfg.shadow] if route.shadow is None else list(route.shadow),
+        "mirror_key": route.mirror_key or cfg.mirror_key,
+    }

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastmirror import preflight
-from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config, route_warnings
 from fastmirror.ops import control
 from fastmirror.ops.control import SupervisorEnd, WorkerSpec
 from fastmirror.ops.logs import setup_logging
@@ -81,6 +81,8 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
     """Run the proxy with config until SIGTERM/SIGINT; return the exit code."""
     setup_logging(config.log_level)
     warn_if_insecure(config)   # once, here: not again from every worker
+    for warning in route_warnings(config):
+        log.warning("%s", warning)
     n = config.effective_workers
     if n == 1:
         from fastmirror.ops.worker import serve
