@@ -329,6 +329,8 @@ class Supervisor:
                           "config" if self.config_path else "certificate", exc)
                 return
             if self.config_path is not None:
+                for warning in route_warnings(config):
+                    log.warning("SIGHUP: %s", warning)
                 if config.effective_workers != self.n:
                     log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
                                 self.n)

@@ -20,7 +20,7 @@ import uvloop
 
 from fastmirror import __version__, preflight
 from fastmirror.diffing.live import Diffing
-from fastmirror.config import Config, ConfigError, config_to_dict
+from fastmirror.config import Config, ConfigError, config_to_dict, route_warnings
 from fastmirror.hotpath import CORE_IMPL
 from fastmirror.ops.control import serve_worker_end
 from fastmirror.ops.logs import AccessLog
@@ -276,6 +276,9 @@ class Worker:
                     log.info("SIGHUP: certificate reloaded")
                     return
                 self._reload_tls(config)  # a bad certificate file keeps the whole old config
+                if self.control is None:  # with workers, the supervisor says it, once
+                    for warning in route_warnings(config):
+                        log.warning("SIGHUP: %s", warning)
             except ConfigError as exc:
                 log.error("SIGHUP: %s not reloaded: %s",
                           "config" if self.config_path else "certificate", exc)
