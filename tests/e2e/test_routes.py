@@ -220,6 +220,14 @@ def test_mirror_for_turns_mirroring_off_and_put_for_restarts_it(run_proxy, prima
     assert bad.status_code == 400 and "for:" in bad.json()["error"]
 
 
+def test_a_route_that_never_matches_is_found_through_spellings(fastmirror, tmp_path):
+    path = toml('primary = "127.0.0.1:9000"\nshadow = ["127.0.0.1:9001"]\n'
+                '[[route]]\nname = "pay"\nprefix = "/pay%6Dents"\nshadow = []\n'
+                '[[route]]\nname = "sub"\nprefix = "/payments/x"\n', tmp_path)
+    result = fastmirror("check-config", str(path))
+    assert result.returncode == 0 and "route 'sub' can never match: route 'pay'" in result.stderr
+
+
 def test_check_config_prints_routes_and_warns_of_one_that_never_matches(fastmirror, tmp_path):
     path = toml('primary = "127.0.0.1:9000"\nshadow = ["127.0.0.1:9001"]\nmirror_percent = 5\n'
                 '[[route]]\nname = "api"\nprefix = "/api"\n'
@@ -249,6 +257,8 @@ def test_check_config_prints_routes_and_warns_of_one_that_never_matches(fastmirr
     ('[[shadow]]\ntarget = "127.0.0.1:9001"\nremove_header = ["Transfer_Encoding"]\n',
      "shadow #1: remove_header: transfer_encoding cannot be edited on the copy"),
     ('[[shadow]]\ntarget = "127.0.0.1:9001"\nmax_rps = 0\n', "shadow #1: max_rps: must be a number of copies a second > 0"),
+    ('[[shadow]]\nname = "v2:80"\ntarget = "127.0.0.1:9001"\n', "shadow 'v2:80': name: must be a name of letters"),
+    ('[[route]]\nname = "a"\nprefix = "/a\tb"\n', "route 'a': prefix: must be a path prefix"),
 ])  # fmt: skip
 def test_bad_routes_and_shadows_are_one_line_exit_2(fastmirror, tmp_path, text, message):
     shadows = "" if "[[shadow]]" in text else 'shadow = ["127.0.0.1:9001"]\n'
@@ -258,3 +268,63 @@ def test_bad_routes_and_shadows_are_one_line_exit_2(fastmirror, tmp_path, text, 
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"fastmirror: error: {message}"), result.stderr
     assert str(path) in result.stderr
+
+
+def test_a_route_to_one_of_two_shadows_is_compared_at_once_and_charges_no_other(run_proxy, primary, shadow, tmp_path):
+    """Diffing waits only for the shadows a request's copy went to (review finding 1)."""
+    with RecordingServer("v3") as v3:
+        path = toml("mirror_percent = 100\n" + shadow_table("v2", shadow) + shadow_table("v3", v3)
+                    + '[[route]]\nname = "r"\nprefix = "/r"\nshadow = ["v2"]\n', tmp_path)
+        proxy = run_proxy("--config", str(path), "--diff", shadow=None)
+        assert set(fire(proxy, [f"/r/{i}" for i in range(10)])) == {200}
+        deadline = time.monotonic() + 10
+        while True:
+            snap = proxy.admin("GET", "/diffs").json()["upstreams"]
+            done = sum(e.get("compared", 0) for e in snap.get(shadow.address, {}).get("endpoints", {}).values())
+            if done >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert done == 10, snap  # at once, not after the 60 s wait for v3
+        assert v3.address not in snap or not any(
+            e.get("skipped") for e in snap[v3.address].get("endpoints", {}).values()), snap
+
+
+def test_the_copy_loses_removed_names_from_chunked_trailers(run_proxy, primary, shadow, tmp_path):
+    proxy = run_proxy("--mirror-percent", "100", "--mirror-methods", "ALL",
+                      "--shadow-remove-header", "authorization")
+    req = (b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+           b"0\r\nAuthorization: Bearer trailer-secret\r\nX-Keep: 1\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(req)
+        assert read_response(sock).status == 200
+    assert b"trailer-secret" in primary.wait_for_requests(1)[0].raw  # the primary's copy is whole
+    raw = shadow.wait_for_requests(1)[0].raw
+    assert b"trailer-secret" not in raw and raw.endswith(b"0\r\nX-Keep: 1\r\n\r\n"), raw
+
+
+def test_mirror_max_rps_is_per_shadow_across_workers(run_proxy, primary, shadow):
+    proxy = run_proxy("--mirror-percent", "100", "--mirror-max-rps", "10", "--workers", "2")
+    start = time.monotonic()
+    statuses = []
+    for i in range(40):  # new connections: both workers take some
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            statuses.append(client.get(f"{proxy.url}/w/{i}").status_code)
+    elapsed = time.monotonic() - start
+    assert set(statuses) == {200}
+    sent = len(shadow.wait_quiet(quiet=0.5, timeout=10))
+    assert 1 <= sent <= 10 + 10 * elapsed + 2, (sent, elapsed)  # not 2x the cap
+
+
+@pytest.mark.parametrize(("query", "body", "status", "error"), [
+    ("route=&percent=0", b"", 400, "route is empty"),
+    ("route=search&for=10m", b"", 400, "for turns all mirroring off"),
+    ("route=search", b'{"percent": 5, "route": "search"}', 400, "route and for go in the query"),
+])  # fmt: skip
+def test_put_mirror_refuses_what_would_change_the_top_level_unasked(run_proxy, primary, shadow, tmp_path,
+                                                                     query, body, status, error):
+    path = toml(shadow_table("v2", shadow) + '[[route]]\nname = "search"\nprefix = "/s"\n', tmp_path)
+    proxy = run_proxy("--config", str(path), shadow=None)
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        got = client.put(f"{proxy.admin_url}/mirror?{query}", content=body)
+    assert got.status_code == status and error in got.json()["error"], got.text
+    assert proxy.admin("GET", "/mirror").json()["percent"] == 100.0

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmirror.config import load_config
+from fastmirror.config import Route, load_config
 from fastmirror.proxy.mirror import HeadEdit, RateLimit
 from fastmirror.proxy.router import MirrorState, start_state
 
@@ -66,8 +68,8 @@ def test_expiry_and_the_state_a_reload_starts_from():
     state = start_state(config, now=1000.0)
     assert state == MirrorState(100.0, (), 4600.0) and not state.due(4599.0) and state.due(4600.0)
     assert state.remaining(4000.0) == 600.0
-    ended = state.expired(["search"])
-    assert ended == MirrorState(0.0, (("search", 0.0),), None, ended=True)
+    ended = state.expired(config)
+    assert ended == MirrorState(0.0, (), None, ended=True)
     # Same mirror_for: the deadline goes on, and an ended one stays ended.
     assert start_state(config, 2000.0, state, config).until == 4600.0
     assert start_state(config, 9000.0, ended, config).ended
@@ -81,3 +83,21 @@ def test_expiry_and_the_state_a_reload_starts_from():
 def test_a_malformed_state_is_refused(bad):
     with pytest.raises((ValueError, TypeError, KeyError)):
         MirrorState.from_dict(bad)
+
+
+def test_trailer_fields_lose_the_removed_names_too():
+    edit = HeadEdit(("authorization", "x-env"), ())
+    body = b"3\r\nabc\r\n0\r\nAuthorization: Bearer t\r\nX-Keep: 1\r\nx_env: e\r\n\r\n"
+    assert edit.strip_trailers(body) == b"3\r\nabc\r\n0\r\nX-Keep: 1\r\n\r\n"
+    plain = b"3;ext=1\r\nabc\r\n0\r\n\r\n"
+    assert edit.strip_trailers(plain) is plain
+
+
+def test_after_expiry_routes_without_a_percent_follow_the_top_level_again():
+    config = load_config(None, {"primary": "a:1", "shadow": ["b:2"], "mirror_for": "1s"})
+    config = replace(config, route=(Route("own", "/o", mirror_percent=50.0), Route("inherits", "/i")))
+    ended = MirrorState(100.0, (), 1.0).expire_if_due(config, 2.0)
+    assert ended == MirrorState(0.0, (("own", 0.0),), None, ended=True)
+    back = ended.with_percent(60.0)
+    assert back.route_percent("inherits", None) == 60.0 and back.route_percent("own", 50.0) == 0.0
+    assert MirrorState(100.0, (), 5.0).expire_if_due(config, 2.0) is None

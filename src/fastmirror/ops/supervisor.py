@@ -43,7 +43,7 @@ from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
 from fastmirror.proxy.upstream_tls import warn_if_insecure
 from fastmirror.proxy.listener import bind_listener
-from fastmirror.proxy.router import MirrorState, start_state
+from fastmirror.proxy.router import EXPIRED, MirrorState, start_state
 
 log = logging.getLogger("fastmirror")
 
@@ -463,10 +463,10 @@ class Supervisor:
 
     def expire_mirror(self) -> None:
         """mirror_for is over: off in every worker (each also turns itself off)."""
-        if self.mirror.due(time.time()):
-            self.set_mirror(self.mirror.expired([r.name for r in self.config.route]))
-            log.warning("mirroring turned itself off: the mirror_for deadline passed "
-                        "(PUT /mirror?percent=P turns it back on)")
+        ended = self.mirror.expire_if_due(self.config, time.time())
+        if ended is not None:
+            self.set_mirror(ended)
+            log.warning("%s", EXPIRED)
 
     async def _heartbeat(self) -> None:
         while True:
