@@ -55,6 +55,7 @@ __all__ = (
     "check_head",
     "find_head_end",
     "key_hash",
+    "match_route",
     "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
@@ -1386,3 +1387,36 @@ def parse_request_fast(head):
         return _parse_request_fast(<const unsigned char*>v.buf, v.len)
     finally:
         PyBuffer_Release(&v)
+
+
+# -- routes -----------------------------------------------------------------------------
+
+def match_route(bytes target not None, tuple prefixes not None):
+    """First index i whose prefixes[i] the target's path starts with, -1 for none, or -2
+    when the path needs normalising first (router.route_path does it, in Python)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(target)
+    cdef Py_ssize_t n = len(target)
+    cdef Py_ssize_t end = n
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef unsigned char prev = 0
+    cdef object prefix
+    if n == 0 or p[0] != 0x2f:   # not origin-form: absolute-form, "*", empty
+        return -2
+    for i in range(n):
+        c = p[i]
+        if c == 0x3f or c == 0x23:   # "?" or "#": the query or fragment is not matched
+            end = i
+            break
+        # %XX, a "." or ".." segment, a run of "/": the path reads as another one
+        if c == 0x25 or (prev == 0x2f and (c == 0x2e or c == 0x2f)):
+            return -2
+        prev = c
+    for i in range(len(prefixes)):
+        prefix = prefixes[i]
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"route prefix must be bytes, not {type(prefix).__name__}")
+        if len(<bytes>prefix) <= end and memcmp(
+                p, PyBytes_AS_STRING(<bytes>prefix), len(<bytes>prefix)) == 0:
+            return i
+    return -1

@@ -36,6 +36,7 @@ __all__ = (
     "check_head",
     "find_head_end",
     "key_hash",
+    "match_route",
     "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
@@ -916,3 +917,28 @@ class ResponseFramer:
             self.done = True
             return
         raise ResponseError("upstream closed the connection before the response ended")
+
+
+# -- routes -----------------------------------------------------------------------------
+
+def match_route(target: bytes, prefixes: tuple[bytes, ...]) -> int:
+    """First index i whose prefixes[i] the target's path starts with, -1 for none, or -2
+    when the path needs normalising first (router.route_path does it)."""
+    if type(target) is not bytes or type(prefixes) is not tuple:   # exactly, as the Cython types
+        raise TypeError("match_route takes bytes and a tuple of bytes")
+    if target[:1] != b"/":   # not origin-form: absolute-form, "*", empty
+        return -2
+    end = len(target)
+    for stop in (b"?", b"#"):   # the query or fragment is not matched
+        at = target.find(stop)
+        if 0 <= at < end:
+            end = at
+    path = target[:end]
+    if b"%" in path or b"/." in path or b"//" in path:
+        return -2
+    for i, prefix in enumerate(prefixes):
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"route prefix must be bytes, not {type(prefix).__name__}")
+        if path.startswith(prefix):
+            return i
+    return -1
