@@ -90,3 +90,26 @@ def test_match_is_first_match_over_route_path(parts: list[str], absolute: bool, 
     target = ("http://host" if absolute else "") + "/" + "/".join(parts)
     t = table([PREFIXES[i] for i in order], allowed)
     assert t.match(target.encode(), method) == reference(t, target.encode(), method)
+
+
+def test_settings_plan_for_is_table_match() -> None:
+    # Settings.plan_for unrolls RouteTable.match for speed: it must pick the same route.
+    from fastmirror.config import load_config
+    from fastmirror.ops.metrics import Registry
+    from fastmirror.proxy.context import Settings
+
+    routes = [{"name": "get", "prefix": "/api", "methods": ["GET"]},
+              {"name": "pay", "prefix": "/payments", "shadow": []},
+              {"name": "api", "prefix": "/api"}]
+    config = load_config(None, {"primary": "127.0.0.1:1", "shadow": ["127.0.0.1:2"],
+                                "route": routes})
+    s = Settings(config, Registry(), config.mirror_percent)
+    assert s.route_table is not None
+    for target in (b"/api/x", b"/api/../payments", b"/pay%6Dents", b"/other", b"//api",
+                   b"http://h/api", b"/payments?x=1"):
+        for method in (b"GET", b"POST"):
+            i = s.route_table.match(target, method)
+            plan = s.plan_for(target, method)
+            assert plan is (s.default if i < 0 else s.routes[i]), (target, method)
+    assert s.plan_for(b"/api/x", b"POST").name == "api"
+    assert s.plan_for(b"/pay%6Dents", b"GET").shadows == []

@@ -220,8 +220,13 @@ class RouteTable:
     def match(self, target: bytes, method: bytes) -> int:
         """The index of the first route whose prefix and methods take the request; -1: none."""
         i = match_route(target, self.prefixes)
-        if i == -1:
-            return -1
+        if i == -1 or (i >= 0 and self.methods[i] is None):
+            return i
+        return self.resume(target, method, i)
+
+    def resume(self, target: bytes, method: bytes, i: int) -> int:
+        """Finish a scan match_route answered with i: -2 (the path needs normalising) or a
+        route with methods (which may not take this one); the answer match would give."""
         if i == -2:  # %XX, dot segments, "//" or absolute-form: match the normalised path
             return self._scan(route_path(target), method, 0)
         allowed = self.methods[i]
