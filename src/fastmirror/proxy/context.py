@@ -107,6 +107,11 @@ class Settings:
             [route_path(r.prefix.encode()) for r in config.route],
             [None if r.methods is None else frozenset(m.encode() for m in r.methods)
              for r in config.route]) if config.route else None
+        # The exchange's own fast path: the core's scan over route_prefixes, then direct[i],
+        # the plan of a route without methods; None there (or the scan's -2): plan_for.
+        self.route_prefixes = self.route_table.prefixes if self.route_table is not None else None
+        self.direct = tuple(None if r.methods is not None else plan
+                            for r, plan in zip(config.route, self.routes))
         # Targets the new config no longer has: the worker closes them (their queued
         # copies are counted dropped) and sweeps them until their exchanges end.
         self.retired = list(kept.values())
