@@ -113,3 +113,24 @@ def test_settings_plan_for_is_table_match() -> None:
             assert plan is (s.default if i < 0 else s.routes[i]), (target, method)
     assert s.plan_for(b"/api/x", b"POST").name == "api"
     assert s.plan_for(b"/pay%6Dents", b"GET").shadows == []
+
+
+header_lines = st.lists(st.sampled_from(
+    [b"Cookie: a=1", b"COOKIE: b", b"cookie_: c", b"X-Cookie: d", b"Authorization: e",
+     b"Accept: */*", b"User-Agent: cookie", b"X_Y: z", b"Authorization_x: f"]), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=header_lines, removed=st.lists(st.sampled_from(
+    ["cookie", "authorization", "x-y", "accept"]), max_size=3, unique=True))
+def test_head_edit_strip_skip_changes_nothing(lines: list[bytes], removed: list[str]) -> None:
+    # HeadEdit.strip skips its line loop when no removed name occurs in the head: the
+    # result must be the loop's, with and without names present.
+    from fastmirror.proxy.mirror import HeadEdit
+
+    head = b"\r\n".join([b"GET / HTTP/1.1", b"Host: a", *lines]) + b"\r\n\r\n"
+    edit = HeadEdit(tuple(removed), ())
+    gone = {n.encode() for n in removed}
+    kept = [ln for ln in head.split(b"\r\n")[1:]
+            if not (ln and ln.partition(b":")[0].lower().replace(b"_", b"-") in gone)]
+    assert edit.strip(head) == b"\r\n".join([b"GET / HTTP/1.1", *kept])
