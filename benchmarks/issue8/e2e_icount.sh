@@ -4,6 +4,8 @@
 # uvloop shadow) that answer like nginx; N keep-alive requests over CONNS connections
 # (default 1: sequential), each connection one request at a time.
 # Per request = (count at N2 - count at N1) / (N2 - N1): start-up and shutdown cancel out.
+# ROUTES=none|miss|last|edits (issue 10): adds --config with that case's [[route]] tables
+# from benchmarks/issue10/route_config.py; "edits" gives the shadow as a [[shadow]] table.
 BIN=$1; N=$2; PCT=$3; PY=${LAB_PY:-python3}
 PP=$((30000 + RANDOM % 1000)); SP=$((PP+1000)); LP=$((PP+2000)); AP=$((PP+3000))
 SERVER='
@@ -24,8 +26,15 @@ uvloop.run(main())
 $PY -c "$SERVER" "$PP" & UP=$!
 $PY -c "$SERVER" "$SP" & US=$!
 LOG=$(mktemp)
+TARGETS=(--shadow 127.0.0.1:$SP)
+if [ -n "$ROUTES" ]; then
+  CONF=$(mktemp --suffix=.toml)
+  $PY "$(dirname "$0")/../issue10/route_config.py" "$ROUTES" 127.0.0.1:$SP >"$CONF"
+  TARGETS=(--config "$CONF")
+  [ "$ROUTES" = edits ] || TARGETS+=(--shadow 127.0.0.1:$SP)
+fi
 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BIN" --listen 127.0.0.1:$LP \
-  --primary 127.0.0.1:$PP --shadow 127.0.0.1:$SP --mirror-percent "$PCT" --admin off \
+  --primary 127.0.0.1:$PP "${TARGETS[@]}" --mirror-percent "$PCT" --admin off \
   --log-level warning 2>"$LOG" &
 PX=$!
 $PY - "$LP" "$N" "${CONNS:-1}" <<'PY'
@@ -48,4 +57,4 @@ async def main():   # CONNS connections at once (as wrk -c), N requests in all
 asyncio.run(main())
 PY
 kill -INT $PX; wait $PX; kill $UP $US; wait $UP $US 2>/dev/null
-grep -o "Collected : [0-9]*" "$LOG" | grep -o "[0-9]*$"; rm -f "$LOG"
+grep -o "Collected : [0-9]*" "$LOG" | grep -o "[0-9]*$"; rm -f "$LOG" ${CONF:+"$CONF"}

@@ -227,3 +227,18 @@ def parse_request_fast(
     Content-Length, Connection tokens only close/keep-alive, no Upgrade header).
     content_length is -1 when absent. None means "ask h11", not "invalid".
     """
+
+def match_route(target: bytes, prefixes: tuple[bytes, ...], any_case: bool = False) -> int:
+    """The first route prefix the target's path starts with: its index, or -1 for none.
+
+    The path is the target up to its first "?". -2 (no prefix compared) when the path
+    must be normalised before it is matched: the target is not origin-form (does not
+    start with "/"), or its path holds "#" (read two ways: paths.py), "%", "\\", ";",
+    "/." or "//"; and with any_case, when it holds a capital A-Z (a
+    route compares in any case by its lower-cased prefix). Matching that path, and any
+    method check, is the caller's (proxy/router.py).
+
+    Raises:
+        TypeError: target is not exactly bytes, prefixes not exactly a tuple, or a
+            prefix compared is not bytes.
+    """

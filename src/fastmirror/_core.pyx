@@ -55,6 +55,7 @@ __all__ = (
     "check_head",
     "find_head_end",
     "key_hash",
+    "match_route",
     "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
@@ -1386,3 +1387,45 @@ def parse_request_fast(head):
         return _parse_request_fast(<const unsigned char*>v.buf, v.len)
     finally:
         PyBuffer_Release(&v)
+
+
+# -- routes -----------------------------------------------------------------------------
+
+def match_route(bytes target not None, tuple prefixes not None, bint any_case=False):
+    """First index i whose prefixes[i] the target's path starts with, -1 for none, or -2
+    when the path needs normalising first (paths.route_path does it, in Python), or has
+    a capital letter while any_case (a route compares in any case)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(target)
+    cdef Py_ssize_t n = len(target)
+    cdef Py_ssize_t end = n
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef unsigned char prev = 0
+    cdef object prefix
+    cdef const unsigned char* q
+    cdef Py_ssize_t m
+    if n == 0 or p[0] != 0x2f:   # not origin-form: absolute-form, "*", empty
+        return -2
+    for i in range(n):
+        c = p[i]
+        if c == 0x3f:   # "?": the query is not matched
+            end = i
+            break
+        if c == 0x23:   # "#": two readings (paths.py), Python's to weigh
+            return -2
+        # %XX, "\", ";params", a "." or ".." segment, a run of "/": the path reads as another
+        if c == 0x25 or c == 0x5c or c == 0x3b or (prev == 0x2f and (c == 0x2e or c == 0x2f)):
+            return -2
+        if any_case and 0x41 <= c <= 0x5a:
+            return -2
+        prev = c
+    for i in range(len(prefixes)):
+        prefix = prefixes[i]
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"route prefix must be bytes, not {type(prefix).__name__}")
+        q = <const unsigned char*>PyBytes_AS_STRING(<bytes>prefix)
+        m = len(<bytes>prefix)
+        # Prefixes all start with "/": the byte after it rejects most without a call.
+        if m <= end and (m < 2 or q[1] == p[1]) and memcmp(p, q, m) == 0:
+            return i
+    return -1

@@ -36,6 +36,7 @@ __all__ = (
     "check_head",
     "find_head_end",
     "key_hash",
+    "match_route",
     "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
@@ -916,3 +917,29 @@ class ResponseFramer:
             self.done = True
             return
         raise ResponseError("upstream closed the connection before the response ended")
+
+
+# -- routes -----------------------------------------------------------------------------
+
+def match_route(target: bytes, prefixes: tuple[bytes, ...], any_case: bool = False) -> int:
+    """First index i whose prefixes[i] the target's path starts with, -1 for none, or -2
+    when the path needs normalising first (paths.route_path does it), or has a capital
+    letter while any_case (a route compares in any case)."""
+    if type(target) is not bytes or type(prefixes) is not tuple:   # exactly, as the Cython types
+        raise TypeError("match_route takes bytes and a tuple of bytes")
+    if target[:1] != b"/":   # not origin-form: absolute-form, "*", empty
+        return -2
+    query = target.find(b"?")   # the query is not matched
+    path = target if query < 0 else target[:query]
+    if b"#" in path:   # two readings (paths.py), Python's to weigh
+        return -2
+    if b"%" in path or b"\\" in path or b";" in path or b"/." in path or b"//" in path:
+        return -2
+    if any_case and path != path.lower():
+        return -2
+    for i, prefix in enumerate(prefixes):
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"route prefix must be bytes, not {type(prefix).__name__}")
+        if path.startswith(prefix):
+            return i
+    return -1

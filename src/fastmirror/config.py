@@ -693,7 +693,7 @@ def _route_name(value: object) -> str:
     return value
 
 
-_PREFIX = re.compile(r"/[\x21-\x3e\x40-\x7e]*")  # visible ASCII, no "?": what a request path holds
+_PREFIX = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")  # visible ASCII, no "?" or "#": a path
 
 
 def _prefix(value: object) -> str:

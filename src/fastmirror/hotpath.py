@@ -39,6 +39,7 @@ __all__ = (
     "check_head",
     "find_head_end",
     "key_hash",
+    "match_route",
     "parse_request_fast",
     "parse_response_head",
     "percent_to_ppm",
@@ -85,6 +86,7 @@ sample = _impl.sample
 random_u64 = _impl.random_u64
 seed_random = _impl.seed_random
 key_hash = _impl.key_hash
+match_route = _impl.match_route
 find_head_end = _impl.find_head_end
 check_head = _impl.check_head
 shadow_head = _impl.shadow_head

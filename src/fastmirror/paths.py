@@ -11,11 +11,12 @@ So the match reads the path the way the most lenient common back end would:
   parsers: Node, Deno, Bun; IIS),
 - `;params` cut from every segment (Tomcat and Spring: `/x/..;/payments`),
 - `.` and `..` segments resolved, never above the root, and runs of `/` merged (nginx),
-- the query cut at the first `?`; a `#` is kept as a path byte (RFC 9112 allows none in
-  a request target; kept, `/x#/../payments` still reads as /payments).
+- the query cut at the first `?`, and a fragment at `#` (RFC 9112 allows none in a
+  request target, and URL parsers drop it); `keep_fragment` reads `#` as a path byte
+  instead, as a naive back end does (`/x#/../payments` is then /payments).
 
-Case is left alone here: routes that are never mirrored compare in any case
-(RouteTable), since IIS and ASP.NET Core route without it.
+Case is left alone here. RouteTable tries the routes that are never mirrored with both
+readings of a `#` and in any case, since IIS and ASP.NET Core route without it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _NEEDS_WORK = (b"%", b"/.", b"//", b"\\", b";")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
-def route_path(target: bytes) -> bytes:
+def route_path(target: bytes, keep_fragment: bool = False) -> bytes:
     """The target's path, normalised for matching (see the module docstring)."""
     if target[:1] != b"/":  # absolute-form (http://host/path) or "*"
         at = target.find(b"://")
@@ -32,8 +33,12 @@ def route_path(target: bytes) -> bytes:
             return target
         slash = target.find(b"/", at + 3)
         target = target[slash:] if slash >= 0 else b"/"
-    query = target.find(b"?")
-    path = target if query < 0 else target[:query]
+    end = target.find(b"?")
+    if not keep_fragment:
+        fragment = target.find(b"#")
+        if fragment >= 0 and (end < 0 or fragment < end):
+            end = fragment
+    path = target if end < 0 else target[:end]
     for marker in _NEEDS_WORK:
         if marker in path:
             return _normalise(path)

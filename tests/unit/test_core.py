@@ -808,3 +808,47 @@ def test_parse_request_fast_common_case(core: ModuleType) -> None:
         b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
     assert core.parse_request_fast(b"GET / HTTP/1.1\r\n\r\n") is None          # no Host: h11 decides
     assert core.parse_request_fast(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n") is None
+
+
+# -- routes (issue 10) ------------------------------------------------------------------
+
+ROUTE_PIECES = [b"/", b"/", b"a", b"api", b"v1", b".", b"..", b"%", b"%2f", b"%6D", b"?",
+                b"#", b"q=1", b"http://h", b"*", b"x", b"\\", b";", b"A", b"Pay"]
+route_like = st.one_of(st.binary(max_size=24),
+                       st.lists(st.sampled_from(ROUTE_PIECES), max_size=10).map(b"".join))
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    (b"/api/v1/users/7?x=1", 1), (b"/api", -1), (b"/api/v1", -1), (b"/other", 2),
+    (b"/api/v1/user#frag", -2), (b"/?/api/v1/users", -1), (b"/api/v1/users", 1),
+    (b"/api/v1/%75sers", -2), (b"/api/./v1", -2), (b"//api", -2), (b"/api/..", -2),
+    (b"http://h/api/v1/users", -2), (b"*", -2), (b"", -2), (b"/o?%2e//", 2),
+    # "#": read two ways (paths.py), so Python's
+    (b"/o#/./", -2), (b"/o#x", -2), (b"/o\\x", -2), (b"/o;x", -2), (b"/O", -1)])
+def test_match_route_first_prefix_or_normalise(core: ModuleType, target: bytes,
+                                               expected: int) -> None:
+    assert core.match_route(target, (b"/api/v2", b"/api/v1/users", b"/o")) == expected
+
+
+def test_match_route_any_case_hands_capitals_over(core: ModuleType) -> None:
+    assert core.match_route(b"/O", (b"/o",), True) == -2
+    assert core.match_route(b"/o/x", (b"/o",), True) == 0
+    assert core.match_route(b"/o?Q=1", (b"/o",), True) == 0  # the query does not count
+
+
+def test_match_route_types(core: ModuleType) -> None:
+    assert core.match_route(b"/a", ()) == -1
+    for target, prefixes in ((bytearray(b"/a"), (b"/",)), (b"/a", [b"/"]), (b"/a", ("/",)),
+                             (None, ())):
+        with pytest.raises(TypeError):
+            core.match_route(target, prefixes)
+    assert core.match_route(b"/a", (b"/a", "never compared")) == 0
+
+
+@parity
+@FAST
+@given(target=route_like, prefixes=st.lists(route_like, max_size=6))
+def test_parity_match_route(target: bytes, prefixes: list[bytes]) -> None:
+    both("match_route", target, tuple(prefixes))
+    both("match_route", target, tuple(prefixes), True)
+    both("match_route", target, (*prefixes, 7))

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from fastmirror.config import Address, Config, Route, shadow_edits
+from fastmirror.hotpath import match_route
 from fastmirror.ops.metrics import Registry
 from fastmirror.proxy.mirror import HeadEdit, RequestIds
 from fastmirror.proxy.pool import UpstreamPool
@@ -107,6 +108,12 @@ class Settings:
             [None if r.methods is None else frozenset(m.encode() for m in r.methods)
              for r in config.route],
             [r.shadow == () for r in config.route]) if config.route else None
+        # The exchange's own fast path: the core's scan over route_prefixes, then direct[i],
+        # the plan of a route without methods; None there (or the scan's -2): plan_for.
+        self.route_prefixes = self.route_table.prefixes if self.route_table is not None else None
+        self.route_any_case = self.route_table.folds if self.route_table is not None else False
+        self.direct = tuple(None if r.methods is not None else plan
+                            for r, plan in zip(config.route, self.routes))
         # Targets the new config no longer has: the worker closes them (their queued
         # copies are counted dropped) and sweeps them until their exchanges end.
         self.retired = list(kept.values())
@@ -135,8 +142,16 @@ class Settings:
         table = self.route_table
         if table is None:
             return self.default
-        i = table.match(target, method)
-        return self.default if i < 0 else self.routes[i]
+        # RouteTable.match, unrolled: its own call was a third of the routes' cost per
+        # request (benchmarks/issue10); the core's scan answers nearly every request alone.
+        i = match_route(target, table.prefixes, table.folds)
+        if i == -1:
+            return self.default
+        if i == -2 or table.methods[i] is not None:
+            i = table.resume(target, method, i)
+            if i < 0:
+                return self.default
+        return self.routes[i]
 
 
 def _worker_share(max_rps: float | None, workers: int) -> float | None:

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from fastmirror.hotpath import match_route
 from fastmirror.proxy.flow import PENDING, UPSTREAM_FULL, ReadFlow
 from fastmirror.proxy.codec import BodyFramer, RequestHead, ResponseError, ResponseFramer
 from fastmirror.proxy.router import BODY_TOO_LARGE, SENT, mirror_decision
@@ -83,8 +84,17 @@ class PrimaryExchange:
         self.reused = False
         self.retried = False
         self.tee: MirrorTee | None = None
-        # The route (issue 10): with no [[route]], the top level's plan, without a call.
-        plan = self.plan = s.default if s.route_table is None else s.plan_for(head.target, head.method)
+        # The route (issue 10): with no [[route]], the top level's plan, without a call;
+        # else the core's scan, and plan_for only for what it cannot answer alone (a path
+        # to normalise, a route with methods): its Python call was 2/3 of the routes' cost.
+        prefixes = s.route_prefixes
+        if prefixes is None:
+            plan = s.default
+        else:
+            i = match_route(head.target, prefixes, s.route_any_case)
+            found = s.default if i == -1 else s.direct[i] if i >= 0 else None
+            plan = found if found is not None else s.plan_for(head.target, head.method)
+        self.plan = plan
         reason = mirror_decision(plan.policy, head)
         self.request_id = ctx.ids.new() if reason == SENT or s.access_log is not None else ""
         self.mirror_reason = reason

@@ -82,6 +82,14 @@ class HeadEdit:
         """head (a validated request head, CRLF lines) without the removed headers."""
         if not self.removed:
             return head
+        # Most heads carry none of the removed names: one scan for them as substrings
+        # (a false hit only costs the line loop) skips it, which was 7x a plain copy's head.
+        folded = head.lower().replace(b"_", b"-")
+        for name in self.removed:   # a loop, not any(): no generator frame per copy
+            if name in folded:
+                break
+        else:
+            return head
         lines = head.split(b"\r\n")
         kept = [lines[0]]
         removed = self.removed

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastmirror.hotpath import key_hash, percent_to_ppm, random_u64, sample
+from fastmirror.hotpath import key_hash, match_route, percent_to_ppm, random_u64, sample
 from fastmirror.paths import route_path
 from fastmirror.proxy.codec import RequestHead
 
@@ -165,33 +165,59 @@ def start_state(config: Config, now: float, old: MirrorState | None = None,
 class RouteTable:
     """The [[route]] list compiled for the first-match scan of every request.
 
-    Prefixes are compared with paths.route_path's reading of the target. A route that is
-    never mirrored (`shadow = []`) compares in any case: a back end that routes without
-    case (IIS, ASP.NET Core) must not see `/PAYMENTS` mirrored; matching it too often
-    only mirrors less."""
+    Prefixes are compared with paths.route_path's reading of the target. The scan of a
+    path that reads as itself is the core's (`match_route`: 20 prefixes in Python cost
+    35,000 instructions a request, about 80% of the whole proxy's, benchmarks/issue10);
+    a path to normalise, and a route whose methods do not take the request, go on in
+    Python: both are rare.
 
-    __slots__ = ("prefixes", "methods", "folded")
+    A route that is never mirrored (`shadow = []`) compares in any case: a back end that
+    routes without case (IIS, ASP.NET Core) must not see `/PAYMENTS` mirrored, and
+    matching it too often only mirrors less. The core compares its lower-cased prefix,
+    which is right for a path without capitals; a path with some goes to Python.
+    """
+
+    __slots__ = ("prefixes", "methods", "any_case", "folds")
 
     def __init__(self, prefixes: list[bytes], methods: list[frozenset[bytes] | None],
                  fold: list[bool] | None = None) -> None:
-        self.prefixes = tuple(route_path(p) for p in prefixes)
-        self.methods = tuple(methods)
         fold = fold or [False] * len(prefixes)
-        # lower-cased prefix for the routes compared in any case, else None
-        self.folded = tuple(p.lower() if f else None for p, f in zip(self.prefixes, fold))
+        self.prefixes = tuple(route_path(p).lower() if f else route_path(p) for p, f in zip(prefixes, fold))
+        self.methods = tuple(methods)
+        self.any_case = tuple(fold)
+        self.folds = any(fold)  # the core hands every path with a capital to Python then
 
     def match(self, target: bytes, method: bytes) -> int:
         """The index of the first route whose prefix and methods take the request; -1: none."""
+        i = match_route(target, self.prefixes, self.folds)
+        if i == -1 or (i >= 0 and self.methods[i] is None):
+            return i
+        return self.resume(target, method, i)
+
+    def resume(self, target: bytes, method: bytes, i: int) -> int:
+        """Finish a scan match_route answered with i: -2 (the path needs normalising, or
+        has capitals and some route compares in any case) or a route with methods (which
+        may not take this one); the answer match would give."""
+        if i == -2:
+            return self._scan(target, method, 0)
+        allowed = self.methods[i]
+        if allowed is None or method in allowed:
+            return i
+        return self._scan(target, method, i + 1)
+
+    def _scan(self, target: bytes, method: bytes, start: int) -> int:
+        """The first-match scan from route `start` on, in Python. A route compared in any
+        case also takes the path read with its fragment as path bytes (paths.py)."""
+        methods, any_case = self.methods, self.any_case
         path = route_path(target)
-        lower: bytes | None = None
-        methods, folded = self.methods, self.folded
-        for i, prefix in enumerate(self.prefixes):
-            hit = path.startswith(prefix)
-            any_case = folded[i]
-            if not hit and any_case is not None:
-                if lower is None:
-                    lower = path.lower()
-                hit = lower.startswith(any_case)
+        lower = path.lower() if self.folds else path
+        naive = route_path(target, keep_fragment=True).lower() if self.folds and b"#" in target else None
+        for i in range(start, len(self.prefixes)):
+            prefix = self.prefixes[i]
+            if any_case[i]:
+                hit = lower.startswith(prefix) or (naive is not None and naive.startswith(prefix))
+            else:
+                hit = path.startswith(prefix)
             if hit:
                 allowed = methods[i]
                 if allowed is None or method in allowed:
