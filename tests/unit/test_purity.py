@@ -19,7 +19,7 @@ import pytest
 import fastmirror
 
 PURE = {"fastmirror." + m for m in (
-    "config", "hotpath", "_core_py", "proxy.codec", "proxy.router", "proxy.mirror", "proxy.rules",
+    "config", "istio", "hotpath", "_core_py", "proxy.codec", "proxy.router", "proxy.mirror", "proxy.rules",
     "ops.metrics", "ops.scrape", "diffing.diff", "diffing.diffstore", "diffing.endpoints",
     "diffing.report")}
 FORBIDDEN = {"asyncio", "socket", "uvloop", "selectors", "ssl"}
