@@ -69,9 +69,11 @@ class _Http:
 # Port Istio (and HTTP) take when a destination names none.
 _DEFAULT_PORT = 80
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
-_PREFIX = re.compile(r"/[!-~\x80-\U0010ffff]*")  # what config's `prefix` takes, minus ? and #
+# What config's `prefix` takes (? and # are refused apart); no lone surrogate: not UTF-8.
+_PREFIX = re.compile("/[!-~\x80-\ud7ff\ue000-\U0010ffff]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a method
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PERCENT_KEYS = ("mirrorPercentage", "mirror_percent", "mirrorPercent")  # new first; the old: an int
 _HANDLED = frozenset({"name", "match", "route", "mirror", "mirrors", *_PERCENT_KEYS})
 _MATCH_LABELS = frozenset({"name", "statPrefix"})  # name a match; no effect on what it matches
@@ -98,7 +100,9 @@ class _Context:
         self.route_names: set[str] = set()
 
     def warn(self, who: str, text: str) -> None:
-        self.warnings.append(f"{who}: {text}")
+        # One line each, whatever the YAML's strings hold: control characters as escapes.
+        line = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), f"{who}: {text}")
+        self.warnings.append(line)
 
 
 def load_documents(text: str, source: str) -> list[Any]:
@@ -173,7 +177,8 @@ def _vs_name(vs: dict[str, Any]) -> str:
 
 def _service_routes(vs: dict[str, Any], ctx: _Context) -> list[_Http]:
     name, spec = _vs_name(vs), _spec(vs)
-    gateways = [str(g) for g in spec.get("gateways") or () if g != "mesh"]
+    given = spec.get("gateways")
+    gateways = [str(g) for g in (given if isinstance(given, list) else [given] if given else []) if g != "mesh"]
     if gateways:
         ctx.warn(f"virtualservice {name!r}", f"gateways ({', '.join(gateways)}) cannot be translated; "
                  "fastmirror takes the requests sent to its own listen address")  # fmt: skip
@@ -332,10 +337,14 @@ def _destination(route: dict[str, Any], namespace: str | None, notes: list[str])
     _, _, chosen = max(weighted, key=lambda t: (t[0], -t[1]))
     dest = chosen.get("destination")
     if len(items) > 1:
-        split = ", ".join(f"{(d.get('destination') or {}).get('host')} {w}" for w, _, d in weighted)
+        split = ", ".join(f"{_host_of(d.get('destination'))} {w}" for w, _, d in weighted)
         notes.append(f"weights split across destinations ({split}) cannot be translated; "
                      "every request goes to the primary")  # fmt: skip
     return _host(dest, "destination", namespace, notes)
+
+
+def _host_of(dest: object) -> str:
+    return str(dest.get("host")) if isinstance(dest, dict) else "?"
 
 
 def _weight(item: dict[str, Any], count: int) -> int:
@@ -490,12 +499,13 @@ def _warn_unreachable(kept: list[_Out], ctx: _Context) -> None:
 
 
 def _string(text: str) -> str:
-    """A TOML basic string: JSON's escapes (\\" \\\\ \\n \\uXXXX ...) are TOML's too."""
-    return json.dumps(text)
+    """A TOML basic string: JSON's escapes (\\" \\\\ \\n \\uXXXX) are TOML's too. Not ASCII-only:
+    JSON writes an emoji as a surrogate pair, which TOML refuses; DEL TOML wants escaped."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _comment(text: str) -> str:
-    return "# " + re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return "# " + re.sub("[\x00-\x1f\x7f\ud800-\udfff]+", " ", text)
 
 
 def _render(source: str, primary: _Host, shadows: list[tuple[str, str, str | None]],

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastmirror.config import load_config, route_warnings
 from fastmirror.istio import IstioError, load_documents, translate
@@ -389,3 +391,59 @@ def test_bad_files_raise_one_line(text, message):
     with pytest.raises(IstioError) as info:
         translate(load_documents(text, "vs.yaml"), "vs.yaml")
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+# -- never a traceback: any shape of VirtualService gives a loadable TOML or one IstioError --------
+
+_KEYS = ["kind", "metadata", "name", "namespace", "spec", "http", "match", "uri", "prefix", "exact",
+         "regex", "method", "headers", "route", "destination", "host", "port", "number", "subset",
+         "weight", "mirror", "mirrors", "percentage", "mirrorPercentage", "mirror_percent", "value",
+         "gateways", "tcp", "rewrite", "delegate", "items"]  # fmt: skip
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 70000), st.floats(allow_nan=True),
+    st.sampled_from(["VirtualService", "List", "/", "/api", "/a b", "p", "s", "search-v2", "v2", "prod",
+                     "*.x", "a.b", "", "GET", "mesh", "evil\n\"x\"", "/\U0001f600", "/\x7f", "/\ud800", "\ud800"]),
+)  # fmt: skip
+_TREES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=25,
+)  # fmt: skip
+_GOOD = {"route": [{"destination": {"host": "p"}}], "mirror": {"host": "s"}}
+_ROUTES = st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(_KEYS), _TREES, max_size=5),
+    st.builds(lambda extra: {**_GOOD, **extra}, st.dictionaries(st.sampled_from(_KEYS), _TREES, max_size=3)),
+), max_size=4)  # fmt: skip
+_VS = st.fixed_dictionaries({"kind": st.just("VirtualService"), "metadata": _TREES, "spec": st.fixed_dictionaries(
+    {"http": st.builds(lambda rs: [_GOOD, *rs], _ROUTES)}, optional={"gateways": _TREES, "tcp": _TREES})})  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(st.one_of(_VS, _TREES), min_size=1, max_size=3))
+def test_any_shape_translates_or_is_one_istio_error(tmp_path_factory, docs):
+    try:
+        result = translate(docs, "vs.yaml")
+    except IstioError as exc:
+        assert "\n" not in str(exc)
+        return
+    path = tmp_path_factory.mktemp("fuzz") / "out.toml"
+    path.write_text(result.toml, encoding="utf-8")  # raises on a lone surrogate
+    load_config(str(path), {})
+    assert all("\n" not in w for w in result.warnings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200) | st.sampled_from(["a: !!python/object:os.system x", "a: !!binary '%'",
+                                                     "a: !!float x", "- [" * 60, "a: 2020-13-45"]))
+def test_any_text_loads_or_is_one_istio_error(text):
+    try:
+        load_documents(text, "vs.yaml")
+    except IstioError as exc:
+        assert str(exc).startswith("vs.yaml: not YAML") and "\n" not in str(exc)
+
+
+def test_non_ascii_and_del_in_a_prefix_round_trip(tmp_path):
+    data, _, _ = run(vs('- match: [{uri: {prefix: "/caf\\u00e9/\\U0001F600"}}]\n  route: [{destination: {host: p}}]\n'
+                        "  mirror: {host: s}\n"), tmp_path)  # fmt: skip
+    assert data["route"][0]["prefix"] == "/caf\u00e9/\U0001f600"
