@@ -203,6 +203,9 @@ def _http_route(route: object, index: int, vs: dict[str, Any], ctx: _Context) ->
     matches = _matches(route.get("match"), notes)
     destination = _destination(route, namespace, notes)
     mirrors, percent = _mirrors(route, namespace, notes)
+    served = "route" in route or "redirect" in route or "directResponse" in route or "delegate" in route
+    if not served:
+        notes.append("has no route, redirect, directResponse or delegate (Istio refuses that); it is left out")
     for key in route:
         if key == "delegate":
             notes.append("delegate cannot be translated (the delegate's routes are not read); it is left out")
@@ -212,7 +215,7 @@ def _http_route(route: object, index: int, vs: dict[str, Any], ctx: _Context) ->
     label = names[0] if names else str(route.get("name") or f"http[{index}]")
     for note in notes:
         ctx.warn(f"route {label!r}", note)
-    if not matches or "delegate" in route or (destination is None and "route" in route):
+    if not matches or not served or "delegate" in route or (destination is None and "route" in route):
         return None
     return _Http(origin, names, tuple(matches), destination, tuple(mirrors), percent)
 

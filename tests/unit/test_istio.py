@@ -291,6 +291,27 @@ def test_each_untranslatable_part_is_one_warning_line(tmp_path, http, expected):
     assert all("\n" not in w for w in warnings)
 
 
+def test_redirect_is_kept_in_order_and_a_route_with_nothing_to_serve_is_left_out(tmp_path):
+    data, warnings, _ = run(vs("""\
+        - name: old
+          match: [{uri: {prefix: /api/old}}]
+          redirect: {uri: /api/new}
+        - name: nothing
+          match: [{uri: {prefix: /api/x}}]
+          mirror: {host: s}
+        - name: api
+          match: [{uri: {prefix: /api}}]
+          route: [{destination: {host: p}}]
+          mirror: {host: s}
+        """), tmp_path)
+    assert [(r["name"], r["shadow"]) for r in data["route"]] == [("old", []), ("api", ["s"])]
+    assert warnings == (
+        "route 'old': redirect cannot be translated; fastmirror forwards these requests to the primary",
+        "route 'nothing': has no route, redirect, directResponse or delegate (Istio refuses that); "
+        "it is left out",
+    )
+
+
 def test_regex_uri_is_left_out_and_warned(tmp_path):
     data, warnings, _ = run(vs("""\
         - name: rx
