@@ -421,14 +421,14 @@ _KEYS = ["kind", "metadata", "name", "namespace", "spec", "http", "match", "uri"
          "weight", "mirror", "mirrors", "percentage", "mirrorPercentage", "mirror_percent", "value",
          "gateways", "tcp", "rewrite", "delegate", "items"]  # fmt: skip
 _LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 70000), st.floats(allow_nan=True),
+    st.none(), st.booleans(), st.just([]), st.just({}), st.integers(-5, 70000), st.floats(allow_nan=True),
     st.sampled_from(["VirtualService", "List", "/", "/api", "/a b", "p", "s", "search-v2", "v2", "prod",
                      "*.x", "a.b", "", "GET", "mesh", "evil\n\"x\"", "/\U0001f600", "/\x7f", "/\ud800", "\ud800"]),
 )  # fmt: skip
 _TREES = st.recursive(
     _LEAVES,
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, min_size=1, max_size=3),
+                            st.dictionaries(st.sampled_from(_KEYS), inner, min_size=1, max_size=4)),
     max_leaves=25,
 )  # fmt: skip
 _GOOD = {"route": [{"destination": {"host": "p"}}], "mirror": {"host": "s"}}
