@@ -244,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         "import-istio", help="print the fastmirror TOML for an Istio VirtualService's http routes "
         "(mirror, mirrors, mirrorPercentage); one warning line on stderr for each part that "
         "cannot be translated",
+        description="Print on stdout the fastmirror TOML that mirrors what an Istio "
+        "VirtualService's http routes say (mirror, mirrors, mirrorPercentage; the old "
+        "mirror_percent): [[route]] per match (uri prefix, method exact), [[shadow]] per mirror, "
+        "the first mirroring route's destination as primary. Each part that cannot be "
+        "translated is one warning line on stderr. Exit 0 when TOML was printed, 2 and one "
+        "line for a file that is missing, not YAML, or holds no VirtualService with http routes.",
     )
     istio.add_argument("file", metavar="FILE.yaml", help='the YAML file; "-" reads standard input')
     demo = commands.add_parser(
