@@ -28,6 +28,7 @@ from fastmirror.config import (
     ConfigError,
     DiffConfig,
     config_to_dict,
+    route_warnings,
     load_config,
     parse_address,
     parse_duration,
@@ -479,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(str(e))
     if args.command == "check-config":
+        for warning in route_warnings(config):
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         sys.stdout.buffer.write(orjson.dumps(config_to_dict(config), option=orjson.OPT_INDENT_2))
         sys.stdout.buffer.write(b"\n")
         return 0

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from fastmirror.paths import route_path
+
 
 class ConfigError(ValueError):
     """A bad config key or value. str() is one line naming the key or flag and what is wrong."""
@@ -691,9 +693,11 @@ def _route_name(value: object) -> str:
     return value
 
 
+_PREFIX = re.compile(r"/[\x21-\x3e\x40-\x7e]*")  # visible ASCII, no "?": what a request path holds
+
+
 def _prefix(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or not _FIELD_VALUE.fullmatch(value) \
-            or " " in value or "?" in value or "#" in value:
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value):
         raise _Invalid()
     return value
 
@@ -703,8 +707,6 @@ def _shadow_refs(value: object) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and i.strip() for i in items):
         raise _Invalid()
     return _unique([i.strip() for i in items])
-
-
 
 
 def _routes(tables: tuple[dict[str, Any], ...], shadows: tuple[Shadow, ...],
@@ -725,7 +727,8 @@ def _routes(tables: tuple[dict[str, Any], ...], shadows: tuple[Shadow, ...],
             methods=None if methods == ("ALL",) else methods,
             mirror_percent=get("mirror_percent", _FIELDS["mirror_percent"]) if "mirror_percent" in table else None,
             mirror_methods=get("mirror_methods", _FIELDS["mirror_methods"]) if "mirror_methods" in table else None,
-            shadow=None if refs is None else tuple(_shadow_named(name, ref, shadows, where) for ref in refs),
+            # a name and an address of one shadow are one shadow: it gets one copy
+            shadow=None if refs is None else _unique([_shadow_named(name, ref, shadows, where) for ref in refs]),
             mirror_key=get("mirror_key", _FIELDS["mirror_key"]) if "mirror_key" in table else None,
         ))  # fmt: skip
     return tuple(routes)
@@ -733,11 +736,12 @@ def _routes(tables: tuple[dict[str, Any], ...], shadows: tuple[Shadow, ...],
 
 def _shadow_named(route: str, ref: str, shadows: tuple[Shadow, ...], where: str) -> str:
     """A route's shadow reference (a name, or an address as written) -> the shadow's name."""
+    # A name has no ":" (_ROUTE_NAME) and an address always has one: never both.
     for shadow in shadows:
         if ref == shadow.name:
             return shadow.name
     try:
-        address = _upstream(ref)
+        address: Address | None = _upstream(ref)
     except _Invalid:
         address = None
     for shadow in shadows:
@@ -748,29 +752,32 @@ def _shadow_named(route: str, ref: str, shadows: tuple[Shadow, ...], where: str)
 
 
 def route_warnings(config: Config) -> list[str]:
-    """Routes that can never match: an earlier route takes every request they would."""
+    """Routes that can never match: an earlier route takes every request they would
+    (prefixes compared as the match reads them: paths.route_path)."""
     found = []
+    norm = [route_path(r.prefix.encode()) for r in config.route]
     for j, later in enumerate(config.route):
-        for earlier in config.route[:j]:
+        for i, earlier in enumerate(config.route[:j]):
             covers_methods = earlier.methods is None or (
                 later.methods is not None and set(later.methods) <= set(earlier.methods))
-            if later.prefix.startswith(earlier.prefix) and covers_methods:
+            if norm[j].startswith(norm[i]) and covers_methods:
                 found.append(f"route {later.name!r} can never match: route {earlier.name!r} "
                              f"(prefix {earlier.prefix}) comes first and takes its requests")
                 break
     return found
 
 
-def shadow_edits(config: Config, shadow: Shadow) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def shadow_edits(config: Config, shadow: Shadow | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """What a shadow's copies lose and gain: (names removed, (name, value) set).
 
     The top-level edits apply to every shadow, the shadow's own on top (its value wins
-    for a name both set). A set header replaces every instance of that name, so its
-    name is removed first too.
+    for a name both set); None: the top level's alone (the secondary's). A set header
+    replaces every instance of that name, so its name is removed first too.
     """
     sets = dict(config.shadow_set_header)
-    sets.update(shadow.set_header)
-    removed = _unique([*config.shadow_remove_header, *shadow.remove_header, *sets])
+    sets.update(shadow.set_header if shadow is not None else ())
+    own = shadow.remove_header if shadow is not None else ()
+    removed = _unique([*config.shadow_remove_header, *own, *sets])
     return removed, tuple(sets.items())
 
 
@@ -1164,4 +1171,18 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     `diff` as a nested dict of DiffConfig's fields."""
     d = {f.name: _jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     d["shadow_set_header"] = dict(cfg.shadow_set_header)  # as the TOML table is written
+    d["route"] = [route_settings(cfg, r) for r in cfg.route]
     return d
+
+
+def route_settings(cfg: Config, route: Route) -> dict[str, Any]:
+    """A route as it applies: what it matches, and its settings with the top level's
+    filled in where it has none (methods None: any method)."""
+    return {
+        "name": route.name, "prefix": route.prefix,
+        "methods": list(route.methods) if route.methods is not None else None,
+        "mirror_percent": cfg.mirror_percent if route.mirror_percent is None else route.mirror_percent,
+        "mirror_methods": list(route.mirror_methods or cfg.mirror_methods),
+        "shadow": [s.name for s in cfg.shadow] if route.shadow is None else list(route.shadow),
+        "mirror_key": route.mirror_key or cfg.mirror_key,
+    }

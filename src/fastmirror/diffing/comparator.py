@@ -46,7 +46,7 @@ class Pending:
 
     __slots__ = ("comparator", "request_id", "method", "target", "endpoint", "head_request",
                  "created", "primary", "primary_reason", "parts", "reasons", "outstanding",
-                 "finished")
+                 "finished", "part_names", "shadow_names")
 
     def __init__(self, comparator: "Comparator", request_id: str, method: str, target: str,
                  endpoint: str, head_request: bool, part_names: list[str]) -> None:
@@ -61,6 +61,10 @@ class Pending:
         self.primary_reason = "primary-missing"
         self.parts: dict[str, bytes | None] = {}
         self.reasons: dict[str, str] = {}
+        # The parts this request's copies went to: its route's shadows (issue 10) and the
+        # secondary; no other shadow is waited for or charged.
+        self.part_names = part_names
+        self.shadow_names = [n for n in part_names if n != SECONDARY]
         self.outstanding = 1 + len(part_names)  # the primary and each part
         self.finished = False
 
@@ -86,7 +90,7 @@ class Pending:
             return
         if self.primary is None:
             self.primary_reason = reason
-        for name in self.comparator.part_names:
+        for name in self.part_names:
             if name not in self.parts:
                 self.parts[name] = None
                 self.reasons[name] = reason
@@ -131,19 +135,23 @@ class Comparator:
 
     # -- event loop side ------------------------------------------------------------
 
-    def expect(self, request_id: str, method: bytes, target: bytes,
-               head_request: bool) -> Pending | None:
-        """Start gathering the responses to a mirrored request, or None under overload."""
+    def expect(self, request_id: str, method: bytes, target: bytes, head_request: bool,
+               shadows: list[str] | None = None) -> Pending | None:
+        """Start gathering the responses to a mirrored request, or None under overload.
+
+        shadows: the part names of the shadows its copy goes to (its route's), if not
+        every shadow."""
         method_text, target_text = method.decode("latin-1"), target.decode("latin-1")
         endpoint = self.namer.name(method_text, target_text)
+        names = self.shadow_names if shadows is None else shadows
         backlog = len(self.waiting) + len(self._inline) + self.handed - self.compared
         if backlog >= self.max_pending:
             self.overload += 1
-            for upstream in self.shadow_names:
+            for upstream in names:
                 self.store.record_skipped(upstream, endpoint, "overload")
             return None
-        pending = Pending(self, request_id, method_text, target_text, endpoint, head_request,
-                          self.part_names)
+        parts = self.part_names if shadows is None else shadows + self.part_names[len(self.shadow_names):]
+        pending = Pending(self, request_id, method_text, target_text, endpoint, head_request, parts)
         self.waiting[request_id] = pending
         return pending
 
@@ -182,7 +190,7 @@ class Comparator:
         """Finish requests whose parts did not all arrive in time, with what they have."""
         limit = now - self.max_age
         for pending in [p for p in self.waiting.values() if p.created < limit]:
-            for name in self.part_names:
+            for name in pending.part_names:
                 if name not in pending.parts:
                     pending.parts[name] = None
                     pending.reasons[name] = "timeout"
@@ -216,11 +224,11 @@ class Comparator:
     def _compare(self, p: Pending) -> None:
         endpoint = p.endpoint
         if p.primary is None:
-            for upstream in self.shadow_names:
+            for upstream in p.shadow_names:
                 self.store.record_skipped(upstream, endpoint, p.primary_reason)
             return
         primary = secondary = None  # parsed only when some shadow's bytes differ
-        for upstream in self.shadow_names:
+        for upstream in p.shadow_names:
             raw = p.parts.get(upstream)
             if raw is None:
                 self.store.record_skipped(upstream, endpoint, p.reasons.get(upstream, "missing"))

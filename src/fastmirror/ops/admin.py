@@ -250,12 +250,17 @@ def mirror_put(state: MirrorState, config: Config, query: str, body: bytes, now:
     unknown = sorted(set(args) - {"percent", "route", "for"})
     if unknown:
         raise HTTPError(400, f"unknown parameter {unknown[0]!r}: use percent, route and for")
-    route = _one(args, "route", "") or None
+    given = _one(args, "route", "\0")
+    route: str | None = None if given == "\0" else given
+    if route == "":  # `?route=$ROUTE` with ROUTE unset must not change the top level
+        raise HTTPError(400, "route is empty: give route=NAME, or leave it out for the top level")
     names = [r.name for r in config.route]
     if route is not None and route not in names:
         known = ", ".join(names) if names else "none (no [[route]] in the config)"
         raise HTTPError(404, f"no route named {route!r}; the routes are: {known}")
     duration = _one(args, "for", "")
+    if route is not None and duration and "percent" not in args and not body.strip():
+        raise HTTPError(400, "for turns all mirroring off, not one route's: PUT /mirror?for=D alone")
     if "percent" in args or body.strip() or not duration:
         state = state.with_percent(_parse_percent(query, body), route)
     if duration:
@@ -281,8 +286,8 @@ def _parse_percent(query: str, body: bytes) -> float:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise HTTPError(400, 'body must be JSON: {"percent": P}') from None
-        if not isinstance(doc, dict) or "percent" not in doc:
-            raise HTTPError(400, 'body must be JSON: {"percent": P}')
+        if not isinstance(doc, dict) or set(doc) != {"percent"}:
+            raise HTTPError(400, 'body must be JSON: {"percent": P} (route and for go in the query)')
         raw = doc["percent"]
     else:
         raise HTTPError(400, "missing percent: use ?percent=P or a JSON body {\"percent\": P}")

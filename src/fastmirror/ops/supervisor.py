@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastmirror import preflight
-from fastmirror.config import Config, ConfigError, config_to_dict, load_config
+from fastmirror.config import Config, ConfigError, config_to_dict, load_config, route_warnings
 from fastmirror.ops import control
 from fastmirror.ops.control import SupervisorEnd, WorkerSpec
 from fastmirror.ops.logs import setup_logging
@@ -43,7 +43,7 @@ from fastmirror.ops.metrics import WorkerTotals
 from fastmirror.ops.rebalance import shed_plan
 from fastmirror.proxy.upstream_tls import warn_if_insecure
 from fastmirror.proxy.listener import bind_listener
-from fastmirror.proxy.router import MirrorState, start_state
+from fastmirror.proxy.router import EXPIRED, MirrorState, start_state
 
 log = logging.getLogger("fastmirror")
 
@@ -81,6 +81,8 @@ def run(config: Config, config_path: str | None, overrides: dict[str, object] | 
     """Run the proxy with config until SIGTERM/SIGINT; return the exit code."""
     setup_logging(config.log_level)
     warn_if_insecure(config)   # once, here: not again from every worker
+    for warning in route_warnings(config):
+        log.warning("%s", warning)
     n = config.effective_workers
     if n == 1:
         from fastmirror.ops.worker import serve
@@ -327,6 +329,8 @@ class Supervisor:
                           "config" if self.config_path else "certificate", exc)
                 return
             if self.config_path is not None:
+                for warning in route_warnings(config):
+                    log.warning("SIGHUP: %s", warning)
                 if config.effective_workers != self.n:
                     log.warning("SIGHUP: changing the number of workers needs a restart; keeping %d",
                                 self.n)
@@ -459,10 +463,10 @@ class Supervisor:
 
     def expire_mirror(self) -> None:
         """mirror_for is over: off in every worker (each also turns itself off)."""
-        if self.mirror.due(time.time()):
-            self.set_mirror(self.mirror.expired([r.name for r in self.config.route]))
-            log.warning("mirroring turned itself off: the mirror_for deadline passed "
-                        "(PUT /mirror?percent=P turns it back on)")
+        ended = self.mirror.expire_if_due(self.config, time.time())
+        if ended is not None:
+            self.set_mirror(ended)
+            log.warning("%s", EXPIRED)
 
     async def _heartbeat(self) -> None:
         while True:

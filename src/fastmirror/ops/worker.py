@@ -20,14 +20,14 @@ import uvloop
 
 from fastmirror import __version__, preflight
 from fastmirror.diffing.live import Diffing
-from fastmirror.config import Config, ConfigError, config_to_dict
+from fastmirror.config import Config, ConfigError, config_to_dict, route_warnings
 from fastmirror.hotpath import CORE_IMPL
 from fastmirror.ops.control import serve_worker_end
 from fastmirror.ops.logs import AccessLog
 from fastmirror.ops.metrics import Registry
 from fastmirror.ops.rebalance import Shedder
 from fastmirror.proxy.context import ProxyContext, Settings
-from fastmirror.proxy.router import MirrorState, start_state
+from fastmirror.proxy.router import EXPIRED, MirrorState, start_state
 from fastmirror.proxy.downstream import DownstreamProtocol
 from fastmirror.proxy.listener import Acceptor, bind_listener
 from fastmirror.proxy.tls import ListenerTLS
@@ -66,9 +66,6 @@ class Runtime:
 
     def set_mirror(self, state: MirrorState) -> None:
         self.ctx.set_mirror(state)
-
-    def set_mirror_percent(self, percent: float) -> None:
-        self.set_mirror(self.mirror.with_percent(percent))
 
     @property
     def draining(self) -> bool:
@@ -232,12 +229,11 @@ class Worker:
     def _sweep(self, now: float) -> None:
         """Enforce every timeout: connections, pools, shadows, pending diffs, mirror_for."""
         ctx = self.ctx
-        mirror = ctx.settings.mirror
-        if mirror.due(time.time()):
-            ctx.set_mirror(mirror.expired([r.name for r in ctx.settings.config.route]))
+        ended = ctx.settings.mirror.expire_if_due(ctx.settings.config, time.time())
+        if ended is not None:
+            ctx.set_mirror(ended)
             if self.control is None:  # with workers, the supervisor says it, once
-                log.warning("mirroring turned itself off: the mirror_for deadline passed "
-                            "(PUT /mirror?percent=P turns it back on)")
+                log.warning("%s", EXPIRED)
         for conn in list(ctx.connections):
             conn.sweep(now)
         if self.shedder.due:
@@ -276,6 +272,9 @@ class Worker:
                     log.info("SIGHUP: certificate reloaded")
                     return
                 self._reload_tls(config)  # a bad certificate file keeps the whole old config
+                if self.control is None:  # with workers, the supervisor says it, once
+                    for warning in route_warnings(config):
+                        log.warning("SIGHUP: %s", warning)
             except ConfigError as exc:
                 log.error("SIGHUP: %s not reloaded: %s",
                           "config" if self.config_path else "certificate", exc)

@@ -16,8 +16,7 @@ from fastmirror.config import Address, Config, Route, shadow_edits
 from fastmirror.ops.metrics import Registry
 from fastmirror.proxy.mirror import HeadEdit, RequestIds
 from fastmirror.proxy.pool import UpstreamPool
-from fastmirror.proxy.router import (OFF_POLICY, MirrorPolicy, MirrorState, RouteTable, route_path,
-                                    start_state)
+from fastmirror.proxy.router import OFF_POLICY, MirrorPolicy, MirrorState, RouteTable, start_state
 from fastmirror.proxy.shadow import ShadowTarget
 from fastmirror.proxy.upstream_tls import ResumingContext, client_context
 
@@ -96,16 +95,18 @@ class Settings:
             self.secondary = target("secondary", config.secondary)
         _edit_copies(config, self.shadows, self.secondary)
         for spec, shadow in zip(config.shadow, self.shadows):
-            shadow.limit_rate(spec.max_rps if spec.max_rps is not None else config.mirror_max_rps)
+            shadow.limit_rate(_worker_share(spec.max_rps if spec.max_rps is not None
+                                            else config.mirror_max_rps, config.effective_workers))
         # Routes (issue 10): the top level is the plan of requests that match none.
         by_name = {spec.name: shadow for spec, shadow in zip(config.shadow, self.shadows)}
         self.default = RoutePlan(None, self.shadows)
         self.routes = [RoutePlan(r, self.shadows if r.shadow is None else [by_name[n] for n in r.shadow])
                        for r in config.route]
         self.route_table = RouteTable(
-            [route_path(r.prefix.encode()) for r in config.route],
+            [r.prefix.encode() for r in config.route],
             [None if r.methods is None else frozenset(m.encode() for m in r.methods)
-             for r in config.route]) if config.route else None
+             for r in config.route],
+            [r.shadow == () for r in config.route]) if config.route else None
         # Targets the new config no longer has: the worker closes them (their queued
         # copies are counted dropped) and sweeps them until their exchanges end.
         self.retired = list(kept.values())
@@ -129,10 +130,6 @@ class Settings:
             plan.policy = MirrorPolicy.build(percent, methods, key, c.max_mirror_body, bool(plan.shadows))
         self.policy = self.default.policy
 
-    def set_mirror_percent(self, percent: float) -> None:
-        """The top level's percent (PUT /mirror?percent=P); routes keep theirs."""
-        self.set_mirror(self.mirror.with_percent(percent))
-
     def plan_for(self, target: bytes, method: bytes) -> RoutePlan:
         """The first route that takes the request, or the top level's plan."""
         table = self.route_table
@@ -140,6 +137,12 @@ class Settings:
             return self.default
         i = table.match(target, method)
         return self.default if i < 0 else self.routes[i]
+
+
+def _worker_share(max_rps: float | None, workers: int) -> float | None:
+    """Each worker's part of a shadow's max_rps: SO_REUSEPORT spreads connections evenly,
+    so N workers with rate/N each keep the shadow near its cap (not N times over it)."""
+    return None if max_rps is None else max_rps / workers
 
 
 def _edit_copies(config: Config, shadows: list[ShadowTarget], secondary: ShadowTarget | None) -> None:
@@ -159,9 +162,7 @@ def _edit_copies(config: Config, shadows: list[ShadowTarget], secondary: ShadowT
     for spec, shadow in zip(config.shadow, shadows):
         shadow.edit = edit(*shadow_edits(config, spec))
     if secondary is not None:
-        secondary.edit = edit(tuple(dict.fromkeys(
-            [*config.shadow_remove_header, *(n for n, _ in config.shadow_set_header)])),
-            config.shadow_set_header)
+        secondary.edit = edit(*shadow_edits(config, None))
 
 
 def _primary_pool(config: Config, old: UpstreamPool | None,

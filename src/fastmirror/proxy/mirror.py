@@ -66,8 +66,10 @@ class HeadEdit:
     """What one shadow's copies lose and gain (shadow_set_header, shadow_remove_header).
 
     Removal takes every line of a name, in any case and with "_" read as "-" (as CGI
-    back ends read it), so `Cookie`, `COOKIE` and `cookie_` all go. Set headers go in
-    after removal, before the markers; config.py refuses names that frame the request.
+    back ends read it): for `x-env`, `X-Env`, `X-ENV` and `x_env` all go. Set headers go
+    in after removal, before the markers; config.py refuses names that frame the request.
+    A chunked body's trailer fields lose the removed names too (Go and Node hand
+    trailers to the application).
     """
 
     __slots__ = ("removed", "added")
@@ -89,6 +91,25 @@ class HeadEdit:
                 continue
             kept.append(line)
         return b"\r\n".join(kept)
+
+    def strip_trailers(self, body: bytes) -> bytes:
+        """A complete, validated chunked body without the removed trailer fields."""
+        if not self.removed:
+            return body
+        pos = 0
+        while True:  # the chunks: size line, data, CRLF; up to the last chunk (size 0)
+            eol = body.index(b"\r\n", pos)
+            size = int(body[pos:eol].split(b";", 1)[0], 16)
+            pos = eol + 2
+            if size == 0:
+                break
+            pos += size + 2
+        if body[pos:] == b"\r\n":
+            return body  # no trailer fields
+        lines = body[pos:].split(b"\r\n")[:-2]  # the fields, without the final blank line
+        removed = self.removed
+        kept = [ln for ln in lines if ln.partition(b":")[0].lower().replace(b"_", b"-") not in removed]
+        return body[:pos] + b"".join(ln + b"\r\n" for ln in kept) + b"\r\n"
 
 
 class RateLimit:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastmirror.hotpath import key_hash, percent_to_ppm, random_u64, sample
+from fastmirror.paths import route_path
 from fastmirror.proxy.codec import RequestHead
 
 if TYPE_CHECKING:
@@ -106,9 +107,16 @@ class MirrorState:
     def due(self, now: float) -> bool:
         return self.until is not None and now >= self.until
 
-    def expired(self, route_names: list[str]) -> MirrorState:
-        """mirror_for is over: every percent 0 (a PUT turns each back on)."""
-        return MirrorState(0.0, tuple((name, 0.0) for name in route_names), None, ended=True)
+    def expired(self, config: Config) -> MirrorState:
+        """mirror_for is over: every percent 0. The top level's 0 holds for the routes
+        without a percent of their own; the others get a 0 of their own (each is turned
+        back on by its own PUT)."""
+        own = tuple((r.name, 0.0) for r in config.route if r.mirror_percent is not None)
+        return MirrorState(0.0, own, None, ended=True)
+
+    def expire_if_due(self, config: Config, now: float) -> MirrorState | None:
+        """The state once mirror_for is over, if it is now; None while it runs (or none)."""
+        return self.expired(config) if self.due(now) else None
 
     def remaining(self, now: float) -> float | None:
         return None if self.until is None else max(0.0, self.until - now)
@@ -136,6 +144,11 @@ def _percent(value: object) -> float:
     return p
 
 
+# What the worker or the supervisor logs when mirror_for turns mirroring off (once).
+EXPIRED = ("mirroring turned itself off: the mirror_for deadline passed (PUT /mirror?percent=P "
+           "turns it back on; a route with a percent of its own: PUT /mirror?route=NAME&percent=P)")
+
+
 def start_state(config: Config, now: float, old: MirrorState | None = None,
                 old_config: Config | None = None) -> MirrorState:
     """The run-time state a config load starts from: the file's percents; the mirror_for
@@ -143,80 +156,43 @@ def start_state(config: Config, now: float, old: MirrorState | None = None,
     keeps mirroring off if it has ended)."""
     if old is not None and old_config is not None and old_config.mirror_for == config.mirror_for:
         if old.ended:
-            return old.expired([r.name for r in config.route])
+            return old.expired(config)
         return MirrorState(config.mirror_percent, (), old.until)
     until = None if config.mirror_for is None else now + config.mirror_for
     return MirrorState(config.mirror_percent, (), until)
 
 
-def route_path(target: bytes) -> bytes:
-    """The path a route's prefix is matched against: the target's path, normalised.
-
-    As nginx normalises a URI before matching locations: %XX decoded, "." and ".."
-    segments resolved, runs of "/" merged. Without it `/api/../payments` or
-    `/pay%6Dents` would dodge a `/payments` route with `shadow = []`, and the primary
-    would read them as /payments. Only the match uses it; the bytes sent are unchanged.
-    """
-    if target[:1] != b"/":  # absolute-form (http://host/path) or "*"
-        at = target.find(b"://")
-        if at < 0:
-            return target
-        slash = target.find(b"/", at + 3)
-        target = target[slash:] if slash >= 0 else b"/"
-    end = len(target)
-    for stop in (b"?", b"#"):
-        at = target.find(stop)
-        if 0 <= at < end:
-            end = at
-    path = target[:end]
-    if b"%" not in path and b"/." not in path and b"//" not in path:
-        return path
-    return _normalise(path)
-
-
-def _normalise(path: bytes) -> bytes:
-    decoded = bytearray()
-    i = 0
-    while i < len(path):
-        c = path[i]
-        if c == 0x25 and i + 2 < len(path) and _is_hex(path[i + 1:i + 3]):
-            decoded.append(int(path[i + 1:i + 3], 16))
-            i += 3
-        else:
-            decoded.append(c)
-            i += 1
-    out: list[bytes] = []
-    for segment in bytes(decoded).split(b"/"):
-        if segment in (b"", b"."):
-            continue
-        if segment == b"..":
-            if out:
-                out.pop()
-            continue
-        out.append(segment)
-    trailing = decoded.endswith(b"/") or decoded.endswith(b"/.") or decoded.endswith(b"/..")
-    return b"/" + b"/".join(out) + (b"/" if trailing and out else b"")
-
-
-def _is_hex(two: bytes) -> bool:
-    return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
-
-
 class RouteTable:
-    """The [[route]] list compiled for the first-match scan of every request."""
+    """The [[route]] list compiled for the first-match scan of every request.
 
-    __slots__ = ("prefixes", "methods")
+    Prefixes are compared with paths.route_path's reading of the target. A route that is
+    never mirrored (`shadow = []`) compares in any case: a back end that routes without
+    case (IIS, ASP.NET Core) must not see `/PAYMENTS` mirrored; matching it too often
+    only mirrors less."""
 
-    def __init__(self, prefixes: list[bytes], methods: list[frozenset[bytes] | None]) -> None:
-        self.prefixes = tuple(prefixes)
+    __slots__ = ("prefixes", "methods", "folded")
+
+    def __init__(self, prefixes: list[bytes], methods: list[frozenset[bytes] | None],
+                 fold: list[bool] | None = None) -> None:
+        self.prefixes = tuple(route_path(p) for p in prefixes)
         self.methods = tuple(methods)
+        fold = fold or [False] * len(prefixes)
+        # lower-cased prefix for the routes compared in any case, else None
+        self.folded = tuple(p.lower() if f else None for p, f in zip(self.prefixes, fold))
 
     def match(self, target: bytes, method: bytes) -> int:
         """The index of the first route whose prefix and methods take the request; -1: none."""
         path = route_path(target)
-        methods = self.methods
+        lower: bytes | None = None
+        methods, folded = self.methods, self.folded
         for i, prefix in enumerate(self.prefixes):
-            if path.startswith(prefix):
+            hit = path.startswith(prefix)
+            any_case = folded[i]
+            if not hit and any_case is not None:
+                if lower is None:
+                    lower = path.lower()
+                hit = lower.startswith(any_case)
+            if hit:
                 allowed = methods[i]
                 if allowed is None or method in allowed:
                     return i

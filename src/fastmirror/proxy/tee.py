@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class MirrorTee:
     """The mirror copy of one request; `reason` is what the access log records."""
 
-    __slots__ = ("settings", "head", "request_id", "data", "body", "skipped", "outcomes",
+    __slots__ = ("settings", "head", "request_id", "body", "skipped", "outcomes",
                  "diff", "capture", "submitted", "shadows")
 
     def __init__(self, settings: Settings, head: RequestHead, request_id: str,
@@ -37,7 +37,6 @@ class MirrorTee:
         self.shadows = shadows   # the route's (issue 10)
         self.skipped = False   # the body outgrew --max-mirror-body
         self.outcomes: list[str] = []   # what each shadow did with the copy
-        self.data = shadow_request_head(head.forward, settings.host_suffix, request_id)
         self.body: bytearray | None = bytearray() if head.has_body else None
         self.submitted = False
         # With diffing: the comparator's record, and the bounded copy of the primary's answer.
@@ -45,8 +44,9 @@ class MirrorTee:
         self.capture: Capture | None = None
         comparator = settings.comparator
         if comparator is not None:
+            routed = None if shadows is settings.shadows else [t.part_name for t in shadows]
             self.diff = comparator.expect(request_id, head.method, head.target,
-                                          head.method == b"HEAD")
+                                          head.method == b"HEAD", routed)
             if self.diff is not None:
                 self.capture = comparator.capture()
 
@@ -74,40 +74,39 @@ class MirrorTee:
         """The whole request went to the primary: hand the copy to every shadow."""
         if self.skipped:
             return
-        data = self.data
-        if self.body:
-            data += self.body
+        body = self.body
         self.body = None
-        head = self.head
-        job = MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff,
-                        head.method, head.has_body)
         self.submitted = True
-        s = self.settings
         outcomes = self.outcomes
+        plain: MirrorJob | None = None
         edited: dict[HeadEdit, MirrorJob] | None = None
         for shadow in self.shadows:   # a loop, not a comprehension: one frame less per copy
-            if shadow.edit is None:
-                outcomes.append(shadow.submit(job))
+            edit = shadow.edit
+            if edit is None:
+                if plain is None:
+                    plain = self._job(None, body)
+                outcomes.append(shadow.submit(plain))
             else:   # its own head (issue 10): built once per distinct edit
                 if edited is None:
                     edited = {}
-                outcomes.append(shadow.submit(self._edited(job, shadow.edit, edited)))
-        secondary = s.secondary
-        if job.diff is not None and secondary is not None:
-            if secondary.edit is None:
-                secondary.submit(job)
-            else:
-                secondary.submit(self._edited(job, secondary.edit, edited or {}))
+                job = edited.get(edit)
+                if job is None:
+                    job = edited[edit] = self._job(edit, body)
+                outcomes.append(shadow.submit(job))
+        secondary = self.settings.secondary
+        if self.diff is not None and secondary is not None:
+            edit = secondary.edit
+            job = (plain if edit is None else (edited or {}).get(edit)) or self._job(edit, body)
+            secondary.submit(job)
 
-    def _edited(self, job: MirrorJob, edit: HeadEdit, made: dict[HeadEdit, MirrorJob]) -> MirrorJob:
-        """The copy with edit's headers removed and set (same body, id and diff record)."""
-        found = made.get(edit)
-        if found is None:
-            data = shadow_request_head(self.head.forward, self.settings.host_suffix,
-                                       self.request_id, edit) + job.data[len(self.data):]  # + the body
-            found = made[edit] = MirrorJob(data, job.head_request, job.request_id, job.diff,
-                                           job.method, job.has_body)
-        return found
+    def _job(self, edit: HeadEdit | None, body: bytearray | None) -> MirrorJob:
+        """The copy as a shadow with edit (None: none) receives it."""
+        head = self.head
+        data = shadow_request_head(head.forward, self.settings.host_suffix, self.request_id, edit)
+        if body:
+            data += body if edit is None or not head.chunked else edit.strip_trailers(bytes(body))
+        return MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff,
+                         head.method, head.has_body)
 
     def primary_answered(self) -> None:
         """The primary's response is complete: the comparator gets its copy."""
