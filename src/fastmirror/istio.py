@@ -69,9 +69,11 @@ class _Http:
 # Port Istio (and HTTP) take when a destination names none.
 _DEFAULT_PORT = 80
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
-# What config's `prefix` takes (? and # are refused apart); no lone surrogate: not UTF-8.
-_PREFIX = re.compile("/[!-~\x80-\ud7ff\ue000-\U0010ffff]*")
+# What config's `prefix` takes: visible ASCII, no "?" ("#" is refused apart). A request
+# path on the wire is ASCII too: Envoy would match a non-ASCII prefix against nothing.
+_PREFIX = re.compile(r"/[\x21-\x3e\x40-\x7e]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a method
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # a Kubernetes namespace (RFC 1123 label)
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PERCENT_KEYS = ("mirrorPercentage", "mirror_percent", "mirrorPercent")  # new first; the old: an int
@@ -171,12 +173,21 @@ def _metadata(vs: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _namespace(vs: dict[str, Any]) -> str | None:
+    """metadata.namespace if it can be one (a DNS label, as Kubernetes requires), else None."""
+    namespace = _metadata(vs, "namespace")
+    return namespace if namespace is not None and _LABEL.fullmatch(namespace) else None
+
+
 def _vs_name(vs: dict[str, Any]) -> str:
     return _metadata(vs, "name") or "(unnamed)"
 
 
 def _service_routes(vs: dict[str, Any], ctx: _Context) -> list[_Http]:
     name, spec = _vs_name(vs), _spec(vs)
+    if _metadata(vs, "namespace") is not None and _namespace(vs) is None:
+        ctx.warn(f"virtualservice {name!r}", f"metadata.namespace {json.dumps(_metadata(vs, 'namespace'))} "
+                 "is not a namespace name; short host names are kept as written")  # fmt: skip
     given = spec.get("gateways")
     gateways = [str(g) for g in (given if isinstance(given, list) else [given] if given else []) if g != "mesh"]
     if gateways:
@@ -199,7 +210,7 @@ def _http_route(route: object, index: int, vs: dict[str, Any], ctx: _Context) ->
         ctx.warn(f"virtualservice {_vs_name(vs)!r}", f"http[{index}] is not a mapping; it is left out")
         return None
     notes: list[str] = []  # warned once the route's name is known
-    namespace = _metadata(vs, "namespace")
+    namespace = _namespace(vs)
     matches = _matches(route.get("match"), notes)
     destination = _destination(route, namespace, notes)
     mirrors, percent = _mirrors(route, namespace, notes)
