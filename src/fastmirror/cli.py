@@ -1,4 +1,4 @@
-"""Command line: the CONTRACT flags and the check-config, demo, diffs and report subcommands.
+"""Command line: the CONTRACT flags and the check-config, import-istio, demo, diffs and report subcommands.
 
 cli ─▶ config ─▶ workers.  Every flag is declared here and nowhere else.  Flags
 default to argparse.SUPPRESS, so the namespace holds only what the user typed
@@ -241,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Optional: `check-config --primary a:1 --shadow b:2` checks a command line with no file.
     check.add_argument("file", metavar="FILE.toml", nargs="?", default=None)
+    istio = commands.add_parser(
+        "import-istio", help="print the fastmirror TOML for an Istio VirtualService's http routes "
+        "(mirror, mirrors, mirrorPercentage); one warning line on stderr for each part that "
+        "cannot be translated",
+        description="Print on stdout the fastmirror TOML that mirrors what an Istio "
+        "VirtualService's http routes say (mirror, mirrors, mirrorPercentage; the old "
+        "mirror_percent): [[route]] per match (uri prefix, method exact), [[shadow]] per mirror, "
+        "the first mirroring route's destination as primary. Each part that cannot be "
+        "translated is one warning line on stderr. Exit 0 when TOML was printed, 2 and one "
+        "line for a file that is missing, not YAML, or holds no VirtualService with http routes.",
+    )
+    istio.add_argument("file", metavar="FILE.yaml", help='the YAML file; "-" reads standard input')
     demo = commands.add_parser(
         "demo", help="built-in primary and shadow on loopback, traffic, side-by-side report"
     )
@@ -386,6 +398,34 @@ def _report_command(args: argparse.Namespace) -> int:
 _ADMIN_COMMANDS = {"diffs": _diffs_command, "report": _report_command}
 
 
+def _import_istio(path: str) -> int:
+    """`import-istio FILE.yaml`: the TOML on stdout, a warning line each on stderr; exit 0,
+    or 2 and one line for a file that is unreadable, not YAML, or holds no VirtualService."""
+    from fastmirror.istio import IstioError, load_documents, translate
+
+    source = "<stdin>" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        return _fail(f"{source}: cannot read: {e.strerror or e}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return _fail(f"{source}: not UTF-8 text (byte {e.start})")
+    try:
+        result = translate(load_documents(text, source), source)
+    except IstioError as e:
+        return _fail(str(e))
+    for warning in result.warnings:
+        print(f"{PROG} import-istio: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(result.toml)
+    return 0
+
+
 _CHECK_WHAT = "check-config: give FILE.toml, or the flags alone (--primary HOST:PORT ...)"
 
 
@@ -427,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastmirror.demo import main as demo_main
 
         return demo_main(**demo_args)
+    if args.command == "import-istio":
+        return _import_istio(args.file)
     if args.command in _ADMIN_COMMANDS:
         try:
             return _ADMIN_COMMANDS[args.command](args)

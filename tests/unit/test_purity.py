@@ -19,7 +19,8 @@ import pytest
 import fastmirror
 
 PURE = {"fastmirror." + m for m in (
-    "config", "paths", "hotpath", "_core_py", "proxy.codec", "proxy.router", "proxy.mirror", "proxy.rules",
+    "config", "istio", "paths", "hotpath", "_core_py", "proxy.codec", "proxy.router", "proxy.mirror",
+    "proxy.rules",
     "ops.metrics", "ops.scrape", "diffing.diff", "diffing.diffstore", "diffing.endpoints",
     "diffing.report")}
 FORBIDDEN = {"asyncio", "socket", "uvloop", "selectors", "ssl"}
