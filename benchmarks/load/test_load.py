@@ -23,7 +23,8 @@ def test_mirror_outcomes_sum_fastmirrors_own_text_over_shadows() -> None:
     reg.mirror("127.0.0.1:1").sent = 5
     reg.mirror("127.0.0.1:2").sent = 7
     reg.mirror("127.0.0.1:2").dropped = 2
-    assert measure.mirror_outcomes(reg.render()) == {"sent": 12.0, "dropped": 2.0, "skipped": 0.0, "failed": 0.0}
+    assert measure.mirror_outcomes(reg.render()) == {"sent": 12.0, "dropped": 2.0, "skipped": 0.0, "failed": 0.0,
+                                                     "limited": 0.0}
 
 
 @pytest.mark.parametrize("text", [b"", b"[Errno 111] Connection refused", Registry(process=False).render()])
