@@ -317,11 +317,17 @@ def test_access_log_lines_and_ids(run_proxy, primary, shadow, tmp_path):
     lines: list[bytes] = []
     while time.monotonic() < deadline:
         lines = log.read_bytes().splitlines() if log.exists() else []
-        if len(lines) >= 6:
+        if len(lines) >= 11:
             break
         time.sleep(0.05)
-    assert len(lines) == 6, lines
-    entries = [orjson.loads(line) for line in lines]
+    assert len(lines) == 11, lines  # 6 client requests, and a line per copy the shadow answered
+    everything = [orjson.loads(line) for line in lines]
+    entries = [e for e in everything if e["role"] == "primary"]
+    copies = [e for e in everything if e["role"] == "shadow"]
+    assert len(entries) == 6 and len(copies) == 5
+    for copy in copies:  # as Envoy logs its shadow cluster; the id joins it to the client's line
+        assert copy["upstream"] == shadow.address and copy["status"] == 200 and copy["outcome"] == "sent"
+        assert copy["id"] == shadow_ids[copy["path"]] and copy["method"] == "GET" and copy["duration_ms"] >= 0
     for entry in entries:
         assert {"time", "client", "method", "path", "status", "bytes", "duration_ms", "id", "mirror"} <= entry.keys()
         assert entry["status"] == 200

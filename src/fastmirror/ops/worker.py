@@ -293,7 +293,7 @@ class Worker:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
             return
-        new.access_log = old.access_log
+        new.set_access_log(old.access_log)
         self.ctx.settings = new
         self.ctx.set_mirror(mirror)
         if self.ctx.acceptor is not None:  # a raised --max-connections takes the waiting ones now
@@ -328,9 +328,9 @@ class Worker:
         if s.access_log is not None:
             s.access_log.close()
             self._log_dropped_before += s.access_log.dropped
-            s.access_log = None
+            s.set_access_log(None)
         if config.access_log:
-            s.access_log = AccessLog(config.access_log)
+            s.set_access_log(AccessLog(config.access_log))
 
     def _collect_access_log(self, registry: Registry) -> None:
         current = self.ctx.settings.access_log

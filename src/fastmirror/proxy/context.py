@@ -117,8 +117,15 @@ class Settings:
         # Targets the new config no longer has: the worker closes them (their queued
         # copies are counted dropped) and sweeps them until their exchanges end.
         self.retired = list(kept.values())
-        self.access_log: AccessLog | None = None
+        self.access_log: AccessLog | None = None  # set with set_access_log
         self.set_mirror(mirror if isinstance(mirror, MirrorState) else MirrorState(mirror))
+
+    def set_access_log(self, access_log: AccessLog | None) -> None:
+        """The access log requests write to; the mirror targets write their copies' lines
+        there too. A plain attribute, not a property: it is read on every request."""
+        self.access_log = access_log
+        for target in self.targets():
+            target.access_log = access_log
 
     def targets(self) -> list[ShadowTarget]:
         """Every live mirror target: the shadows, then the secondary if any."""

@@ -311,6 +311,7 @@ def access_record(ex: PrimaryExchange | None, peer: tuple[str, int] | None, stat
     head = ex.head if ex is not None else None
     return {
         "time": time.time(),
+        "role": "primary",  # the client's request; its shadows' copies have lines of their own
         "client": f"{peer[0]}:{peer[1]}" if peer else "",
         "method": head.method.decode("latin-1") if head else "",
         "path": head.target.decode("latin-1") if head else "",

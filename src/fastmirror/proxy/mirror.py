@@ -38,11 +38,13 @@ class RequestIds:
 class MirrorJob:
     """One request as the shadows will receive it."""
 
-    __slots__ = ("data", "head_request", "request_id", "diff", "method", "has_body")
+    __slots__ = ("data", "head_request", "request_id", "diff", "method", "has_body", "target")
 
     def __init__(self, data: bytes, head_request: bool, request_id: str,
-                 diff: Any = None, method: bytes = b"", has_body: bool = False) -> None:
+                 diff: Any = None, method: bytes = b"", has_body: bool = False,
+                 target: bytes = b"") -> None:
         self.data = data
+        self.target = target  # the request target, for the shadow's access-log line
         self.head_request = head_request
         self.request_id = request_id
         # For rules.retry_safe, asked only when a pooled connection fails under the copy.

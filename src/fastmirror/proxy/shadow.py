@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from fastmirror.ops.metrics import MirrorStats, UpstreamStats
 from fastmirror.proxy.codec import ResponseError, ResponseFramer
@@ -17,6 +18,9 @@ from fastmirror.proxy.mirror import Capture, HeadEdit, MirrorJob, MirrorQueue, R
 from fastmirror.proxy.pool import UpstreamConnection, UpstreamPool
 from fastmirror.proxy.rules import retry_on_new_connection, retry_safe
 from fastmirror.proxy.upstream_tls import ResumingContext
+
+if TYPE_CHECKING:
+    from fastmirror.ops.logs import AccessLog
 
 log = logging.getLogger("fastmirror.shadow")
 
@@ -50,6 +54,7 @@ class ShadowTarget:
         self.timeout = 0.0
         self.capture_limit = 0
         self.edit: HeadEdit | None = None   # what its copies lose and gain (Settings)
+        self.access_log: AccessLog | None = None  # a line per copy sent (Settings.set_access_log)
         self.rate: RateLimit | None = None  # max_rps (Settings.limit_rate)
 
     def configure(self, *, queue_size: int, concurrency: int, timeout: float,
@@ -235,7 +240,10 @@ class ShadowExchange:
             return
         target = self.target
         target.mirror_stats.sent += 1
-        target.stats.observe(time.monotonic() - self.started, self.framer.status)
+        elapsed = time.monotonic() - self.started
+        target.stats.observe(elapsed, self.framer.status)
+        if target.access_log is not None:
+            target.access_log.log(self._record(self.framer.status, elapsed, "sent"))
         self._detach(reuse=not self.framer.close)
         if self.capture is not None:
             raw, reason = self.capture.result()
@@ -247,10 +255,21 @@ class ShadowExchange:
             return
         self.target.mirror_stats.failed += 1
         self.target.stats.error()
+        if self.target.access_log is not None:
+            self.target.access_log.log(self._record(0, time.monotonic() - self.started, "failed"))
         self._detach(reuse=False)
         if self.job.diff is not None:
             self.job.diff.part_done(self.target.part_name, None, "shadow-failed")
         self._end()
+
+    def _record(self, status: int, elapsed: float, outcome: str) -> dict[str, object]:
+        """The access log's line for this copy (README "Access log"): as Envoy logs its
+        shadow cluster, with the request's id to join it to the client's line."""
+        job, target = self.job, self.target
+        return {"time": time.time(), "role": target.role, "method": job.method.decode("latin-1"),
+                "path": job.target.decode("latin-1"), "status": status,
+                "duration_ms": round(elapsed * 1000, 3), "id": job.request_id,
+                "upstream": target.address, "outcome": outcome}
 
     def _detach(self, reuse: bool) -> None:
         conn, self.conn = self.conn, None

@@ -106,7 +106,7 @@ class MirrorTee:
         if body:
             data += body if edit is None or not head.chunked else edit.strip_trailers(bytes(body))
         return MirrorJob(data, head.method == b"HEAD", self.request_id, self.diff,
-                         head.method, head.has_body)
+                         head.method, head.has_body, head.target)
 
     def primary_answered(self) -> None:
         """The primary's response is complete: the comparator gets its copy."""
