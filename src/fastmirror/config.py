@@ -670,8 +670,7 @@ def _shadows(items: tuple[Address | dict[str, Any], ...], where: str) -> tuple[S
         if "target" not in item:
             raise ConfigError(f"shadow #{index + 1}: target is required (target = \"http://host:port\"){where}")
         address = get("target", _FIELDS["primary"])
-        name = get("name", _Field(_route_name, what="a name of letters, digits, '-', '_', '.'")) \
-            if "name" in item else str(address)
+        name = get("name", _ROUTE_FIELDS["name"]) if "name" in item else str(address)
         shadows.append(Shadow(
             address, name,
             set_header=get("set_header", _FIELDS["shadow_set_header"]) if "set_header" in item else (),

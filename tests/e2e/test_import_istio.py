@@ -18,31 +18,10 @@ import httpx
 import pytest
 
 from conftest import REPO_ROOT, RecordingServer, start_proxy
+from istio_examples import SEED
 
 pytestmark = pytest.mark.e2e
 
-SEED = """\
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: search
-spec:
-  hosts: ["search"]
-  http:
-  - match:
-    - uri:
-        prefix: /api/search
-    route:
-    - destination:
-        host: search-v1
-    mirror:
-      host: search-v2
-    mirrorPercentage:
-      value: 10.0
-  - route:
-    - destination:
-        host: search-v1
-"""
 
 MULTI = """\
 apiVersion: networking.istio.io/v1

@@ -18,28 +18,7 @@ from hypothesis import strategies as st
 from fastmirror.config import load_config, route_warnings
 from fastmirror.istio import IstioError, load_documents, translate
 
-SEED = """\
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: search
-spec:
-  hosts: ["search"]
-  http:
-  - match:
-    - uri:
-        prefix: /api/search
-    route:
-    - destination:
-        host: search-v1
-    mirror:
-      host: search-v2
-    mirrorPercentage:
-      value: 10.0
-  - route:
-    - destination:
-        host: search-v1
-"""
+from istio_examples import SEED
 
 
 def run(yaml_text: str, tmp_path: Path) -> tuple[dict[str, Any], tuple[str, ...], str]:

@@ -109,7 +109,7 @@ class Settings:
              for r in config.route],
             [r.shadow == () for r in config.route]) if config.route else None
         # The exchange's own fast path: the core's scan over route_prefixes, then direct[i],
-        # the plan of a route without methods; None there (or the scan's -2): plan_for.
+        # the plan of a route without methods; None there (or the scan's -2): plan_after.
         self.route_prefixes = self.route_table.prefixes if self.route_table is not None else None
         self.route_any_case = self.route_table.folds if self.route_table is not None else False
         self.direct = tuple(None if r.methods is not None else plan
@@ -149,11 +149,16 @@ class Settings:
         table = self.route_table
         if table is None:
             return self.default
-        # RouteTable.match, unrolled: its own call was a third of the routes' cost per
-        # request (benchmarks/issue10); the core's scan answers nearly every request alone.
-        i = match_route(target, table.prefixes, table.folds)
+        return self.plan_after(target, method, match_route(target, table.prefixes, table.folds))
+
+    def plan_after(self, target: bytes, method: bytes, i: int) -> RoutePlan:
+        """The plan for the core scan's answer i (RouteTable.match, unrolled: its own call
+        was a third of the routes' cost per request, benchmarks/issue10). The exchange
+        scans itself and comes here only for -2 or a route with methods."""
         if i == -1:
             return self.default
+        table = self.route_table
+        assert table is not None
         if i == -2 or table.methods[i] is not None:
             i = table.resume(target, method, i)
             if i < 0:

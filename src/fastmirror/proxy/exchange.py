@@ -85,7 +85,7 @@ class PrimaryExchange:
         self.retried = False
         self.tee: MirrorTee | None = None
         # The route (issue 10): with no [[route]], the top level's plan, without a call;
-        # else the core's scan, and plan_for only for what it cannot answer alone (a path
+        # else the core's scan, and plan_after only for what it cannot answer alone (a path
         # to normalise, a route with methods): its Python call was 2/3 of the routes' cost.
         prefixes = s.route_prefixes
         if prefixes is None:
@@ -93,7 +93,7 @@ class PrimaryExchange:
         else:
             i = match_route(head.target, prefixes, s.route_any_case)
             found = s.default if i == -1 else s.direct[i] if i >= 0 else None
-            plan = found if found is not None else s.plan_for(head.target, head.method)
+            plan = found if found is not None else s.plan_after(head.target, head.method, i)
         self.plan = plan
         reason = mirror_decision(plan.policy, head)
         self.request_id = ctx.ids.new() if reason == SENT or s.access_log is not None else ""
